@@ -1,0 +1,24 @@
+"""Errors a user can cause.
+
+A :class:`PythiaInputError` carries one sentence that names the file and the line or
+field at fault. The command line prints it without a traceback and exits with status 2;
+tracebacks are reserved for bugs in Pythia itself.
+"""
+
+from __future__ import annotations
+
+
+class PythiaInputError(Exception):
+    """Bad user input (a trace, a spec, a config); the message is one sentence for the user."""
+
+    exit_status = 2
+
+
+def where(path: object, line: int | None = None, field: str | None = None) -> str:
+    """Format a location as ``file:line: field`` for error messages."""
+    loc = str(path)
+    if line is not None:
+        loc += f":{line}"
+    if field:
+        loc += f": {field}"
+    return loc

@@ -1,0 +1,1 @@
+"""The workload model: call annotations, workflow specs, canonical traces, generators, importers."""

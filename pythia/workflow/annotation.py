@@ -1,0 +1,144 @@
+"""The call annotation: three IDs (and two optional fields) sent with every LLM call.
+
+Wire form. In an OpenAI-compatible request the annotation travels in ``extra_body`` under
+``vllm_xargs``, which vLLM's OpenAI server copies into ``SamplingParams.extra_args`` of the
+engine request, where a scheduler plugin can read it::
+
+    client.chat.completions.create(
+        model=..., messages=...,
+        extra_body={"vllm_xargs": {"pythia.workflow_type": "coding-assistant",
+                                   "pythia.workflow_id": "job-17",
+                                   "pythia.agent_role": "engineer",
+                                   "pythia.parent_call_id": "job-17/3",
+                                   "pythia.step": 4}})
+
+``vllm_xargs`` takes flat scalar values only, hence the ``pythia.`` key prefix instead of a
+nested object. A gateway may also accept a nested ``{"pythia": {...}}`` object;
+:func:`parse_request_body` understands both.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from pythia.errors import PythiaInputError
+
+PREFIX = "pythia."
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$")
+_MAX_ID = 256
+
+
+@dataclass(frozen=True, slots=True)
+class CallAnnotation:
+    """What a multi-agent application tells the serving layer about one call.
+
+    Attributes:
+        workflow_type: the application's workflow (``coding-assistant``); predictions are
+            learned per type.
+        workflow_id: one run of the workflow (a job, a session); calls with equal ids share
+            context and are one job for scheduling.
+        agent_role: the role making the call (``planner``, ``engineer``).
+        parent_call_id: the call whose result led to this one, if known.
+        step: the position of the call within its job (0-based), if known.
+    """
+
+    workflow_type: str
+    workflow_id: str
+    agent_role: str
+    parent_call_id: str | None = None
+    step: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("workflow_type", "agent_role"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _NAME.match(value):
+                raise PythiaInputError(
+                    f"annotation field {name}={value!r} must be 1-128 characters of letters, "
+                    "digits and _.:/@+- starting with a letter or digit"
+                )
+        if not isinstance(self.workflow_id, str) or not 0 < len(self.workflow_id) <= _MAX_ID:
+            raise PythiaInputError(
+                f"annotation field workflow_id={self.workflow_id!r} must be a non-empty string "
+                f"of at most {_MAX_ID} characters"
+            )
+        if self.parent_call_id is not None and (
+            not isinstance(self.parent_call_id, str) or not 0 < len(self.parent_call_id) <= _MAX_ID
+        ):
+            raise PythiaInputError(
+                f"annotation field parent_call_id={self.parent_call_id!r} must be a non-empty "
+                f"string of at most {_MAX_ID} characters"
+            )
+        if self.step is not None and (
+            isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 0
+        ):
+            raise PythiaInputError(
+                f"annotation field step={self.step!r} must be a non-negative integer"
+            )
+
+    def to_extra_args(self) -> dict[str, str | int]:
+        """The flat ``pythia.*`` mapping carried in ``vllm_xargs`` / ``SamplingParams.extra_args``."""
+        out: dict[str, str | int] = {
+            PREFIX + "workflow_type": self.workflow_type,
+            PREFIX + "workflow_id": self.workflow_id,
+            PREFIX + "agent_role": self.agent_role,
+        }
+        if self.parent_call_id is not None:
+            out[PREFIX + "parent_call_id"] = self.parent_call_id
+        if self.step is not None:
+            out[PREFIX + "step"] = self.step
+        return out
+
+    def to_extra_body(self) -> dict[str, Any]:
+        """The ``extra_body`` of an OpenAI-client request that carries this annotation."""
+        return {"vllm_xargs": self.to_extra_args()}
+
+    @classmethod
+    def from_extra_args(cls, extra_args: Mapping[str, Any] | None) -> "CallAnnotation | None":
+        """Parse the flat form; ``None`` when the request carries no annotation at all.
+
+        Raises :class:`PythiaInputError` when an annotation is present but malformed; hosts
+        that must never fail (the vLLM plugin) catch it, serve the call unannotated and count it.
+        """
+        if not extra_args:
+            return None
+        fields = {k[len(PREFIX):]: v for k, v in extra_args.items() if k.startswith(PREFIX)}
+        if not fields:
+            return None
+        return cls._from_fields(fields)
+
+    @classmethod
+    def _from_fields(cls, fields: Mapping[str, Any]) -> "CallAnnotation":
+        known = {"workflow_type", "workflow_id", "agent_role", "parent_call_id", "step"}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise PythiaInputError(
+                f"annotation has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        missing = [k for k in ("workflow_type", "workflow_id", "agent_role") if k not in fields]
+        if missing:
+            raise PythiaInputError(f"annotation is missing required field(s) {', '.join(missing)}")
+        step = fields.get("step")
+        if isinstance(step, float) and step.is_integer():
+            step = int(step)  # JSON clients may send 3.0
+        return cls(
+            workflow_type=fields["workflow_type"],
+            workflow_id=fields["workflow_id"],
+            agent_role=fields["agent_role"],
+            parent_call_id=fields.get("parent_call_id"),
+            step=step,
+        )
+
+
+def parse_request_body(body: Mapping[str, Any]) -> CallAnnotation | None:
+    """The annotation of an OpenAI-compatible request body, from ``vllm_xargs`` or ``pythia``."""
+    nested = body.get("pythia")
+    if nested is not None:
+        if not isinstance(nested, Mapping):
+            raise PythiaInputError("request field pythia must be an object")
+        return CallAnnotation._from_fields(nested)
+    xargs = body.get("vllm_xargs")
+    if xargs is not None and not isinstance(xargs, Mapping):
+        raise PythiaInputError("request field vllm_xargs must be an object")
+    return CallAnnotation.from_extra_args(xargs)
