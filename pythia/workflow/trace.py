@@ -24,6 +24,7 @@ The JSON schema is ``pythia/workflow/schemas/trace.schema.json`` and
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -325,7 +326,11 @@ def write_trace(trace: Trace, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with _open_text(tmp, "w") as fh:
+    with contextlib.ExitStack() as stack:
+        raw = stack.enter_context(open(tmp, "wb"))
+        if path.suffix == ".gz":  # mtime=0: the same trace gives byte-identical files
+            raw = stack.enter_context(gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0))
+        fh = stack.enter_context(io.TextIOWrapper(raw, encoding="utf-8"))
         header = {"pythia_trace": FORMAT_VERSION, "arrival": trace.arrival, "meta": trace.meta}
         fh.write(json.dumps(header, separators=(",", ":")) + "\n")
         for job in trace.jobs:
