@@ -226,11 +226,21 @@ def json_path(error: Any) -> str:
     return "".join(parts) or "(top level)"
 
 
+def describe_schema_error(error: Any) -> str:
+    """One phrase naming the field a jsonschema error is about and what is wrong with it."""
+    path = json_path(error)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = [k for k in error.validator_value if k not in error.instance]
+        if missing:
+            field = missing[0] if path == "(top level)" else f"{path}.{missing[0]}"
+            return f"field {field} is missing"
+    return f"field {path}: {error.message}"
+
+
 def _check_schema(obj: Any, kind: str, where: str) -> None:
     errors = sorted(_validator(kind).iter_errors(obj), key=lambda e: list(e.absolute_path))
     if errors:
-        e = errors[0]
-        raise PythiaInputError(f"{where}: field {json_path(e)}: {e.message}")
+        raise PythiaInputError(f"{where}: {describe_schema_error(errors[0])}")
 
 
 def validate_job(job: Job, where: str) -> None:

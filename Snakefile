@@ -1,0 +1,15 @@
+# The reproduction pipeline: `make reproduce` runs `snakemake --cores 2` on this file.
+# Stages live in workflow/rules/*.smk; scripts in workflow/scripts/ are thin shims over pythia.
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/workloads.smk"
+
+
+rule all:
+    input:
+        "results/workloads/summary.json",
+        "results/workloads/summary.md",

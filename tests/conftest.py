@@ -1,0 +1,20 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pythia.paths import traces_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_traces() -> Path:
+    """The public traces folder; tests that need it skip when it is absent."""
+    path = traces_dir()
+    if not path.is_dir():
+        pytest.skip(f"public traces not found at {path}")
+    return path
