@@ -7,12 +7,15 @@ rule workload_trace:
     output:
         "results/workloads/{spec}.jsonl.gz",
     params:
+        pythia=PYTHIA,
         seed=config["seed"],
         jobs=config["workload_jobs"],
+    conda:
+        ENV
     log:
         "results/logs/workload_trace/{spec}.log",
     shell:
-        "{PYTHIA} workload generate {input} --out {output} --seed {params.seed} --jobs {params.jobs} 2> {log}"
+        "{params.pythia} workload generate {input} --out {output} --seed {params.seed} --jobs {params.jobs} 2> {log}"
 
 
 rule workload_stats:
@@ -20,10 +23,14 @@ rule workload_stats:
         "results/workloads/{spec}.jsonl.gz",
     output:
         "results/workloads/stats/{spec}.json",
+    params:
+        pythia=PYTHIA,
+    conda:
+        ENV
     log:
         "results/logs/workload_stats/{spec}.log",
     shell:
-        "{PYTHIA} workload stats {input} --compact > {output} 2> {log}"
+        "{params.pythia} workload stats {input} --compact > {output} 2> {log}"
 
 
 rule trace_stats:
@@ -32,11 +39,14 @@ rule trace_stats:
     output:
         "results/workloads/stats/trace-{name}.json",
     params:
+        pythia=PYTHIA,
         path=lambda w: TRACES_DIR / w.name,
+    conda:
+        ENV
     log:
         "results/logs/trace_stats/{name}.log",
     shell:
-        "{PYTHIA} workload stats {params.path} --compact > {output} 2> {log}"
+        "{params.pythia} workload stats {params.path} --compact > {output} 2> {log}"
 
 
 rule workload_summary:
@@ -46,6 +56,8 @@ rule workload_summary:
     output:
         json="results/workloads/summary.json",
         md="results/workloads/summary.md",
+    conda:
+        ENV
     log:
         "results/logs/workload_summary.log",
     script:
