@@ -7,9 +7,12 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/workloads.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/analysis.smk"
 
 
 rule all:
     input:
         "results/workloads/summary.json",
         "results/workloads/summary.md",
+        "results/figures/index.md",

@@ -201,3 +201,13 @@ def make_all(summaries: pd.DataFrame, jobs: pd.DataFrame, out_dir: str | Path) -
             continue
         files += fn(frame, out_dir / name)
     return files, notes
+
+
+def write_index(files: list[Path], notes: list[str], path: str | Path) -> None:
+    """A Markdown index of the figures drawn and the ones skipped, beside the figures."""
+    path = Path(path)
+    lines = ["# Figures", ""]
+    lines += [f"- [{p.name}]({p.name})" for p in files if p.suffix == ".png"]
+    if notes:
+        lines += ["", "Skipped:", ""] + [f"- {n}" for n in notes]
+    path.write_text("\n".join(lines) + "\n")

@@ -1,4 +1,4 @@
-# Shared definitions: configuration check, the workloads and trace folders of the grid.
+# Shared definitions: configuration check, the workloads, systems and runs of the grid.
 import os
 import sys
 from pathlib import Path
@@ -15,3 +15,58 @@ TRACES_DIR = Path(os.environ.get("PYTHIA_TRACES") or config["traces_dir"])
 TRACE_SETS = sorted(p.name for p in TRACES_DIR.iterdir() if p.is_dir()) if TRACES_DIR.is_dir() else []
 if not TRACE_SETS:
     print(f"public traces not found at {TRACES_DIR}; running synthetic workloads only", file=sys.stderr)
+
+# Unknown systems stop the run here, before any job starts, naming the field.
+_known_systems = sorted(p.stem for p in Path("baselines").glob("*.yaml"))
+for _i, _system in enumerate(config["systems"]):
+    if _system not in _known_systems:
+        raise ValueError(
+            f"config field systems[{_i}]: unknown system {_system!r}; known: {', '.join(_known_systems)}"
+        )
+
+
+def experiment_workload(name):
+    """The workload path of an experiment ({traces} expands to the traces folder)."""
+    return config["experiments"][name]["workload"].replace("{traces}", str(TRACES_DIR))
+
+
+EXPERIMENTS = {}
+for _name, _exp in config["experiments"].items():
+    if _exp.get("needs_traces") and not Path(experiment_workload(_name)).exists():
+        print(f"experiment {_name}: skipped, {experiment_workload(_name)} not found", file=sys.stderr)
+        continue
+    EXPERIMENTS[_name] = _exp
+
+
+def load_levels(exp):
+    """Run-directory names of an experiment's load levels: c<N> or r<R>."""
+    if "concurrency" in exp:
+        return [f"c{n}" for n in exp["concurrency"]]
+    return [f"r{r:g}" for r in exp["rate"]]
+
+
+RUN_DIRS = [
+    f"results/runs/{name}/{system}/{load}/seed{seed}"
+    for name, exp in EXPERIMENTS.items()
+    for system in config["systems"]
+    for load in load_levels(exp)
+    for seed in config["seeds"]
+]
+
+
+def _workload_files(w):
+    path = Path(experiment_workload(w.experiment))
+    return sorted(str(p) for p in path.iterdir() if p.is_file()) if path.is_dir() else [str(path)]
+
+
+def _sim_args(w):
+    exp = EXPERIMENTS[w.experiment]
+    load = f"--concurrency {w.load[1:]}" if w.load.startswith("c") else f"--rate {w.load[1:]}"
+    args = [load, f"--seed {w.seed}"]
+    if "jobs" in exp:
+        args.append(f"--jobs {exp['jobs']}")
+    if "cluster" in exp:
+        args.append(f"--cluster {exp['cluster']}")
+    if "max_gap_s" in exp:
+        args.append(f"--max-gap-s {exp['max_gap_s']}")
+    return " ".join(args)

@@ -1,0 +1,29 @@
+# Collected tables and figures, built from the run directories alone.
+
+
+rule collect:
+    input:
+        [f"{d}/summary.json" for d in RUN_DIRS],
+    output:
+        summaries="results/tables/summaries.parquet",
+        jobs="results/tables/jobs.parquet",
+    conda:
+        ENV
+    log:
+        "results/logs/collect.log",
+    script:
+        "../scripts/collect.py"
+
+
+rule figures:
+    input:
+        summaries="results/tables/summaries.parquet",
+        jobs="results/tables/jobs.parquet",
+    output:
+        index="results/figures/index.md",
+    conda:
+        ENV
+    log:
+        "results/logs/figures.log",
+    script:
+        "../scripts/figures.py"
