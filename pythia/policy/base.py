@@ -1,0 +1,174 @@
+"""The four policy interfaces: scheduling, cache, routing, scaling.
+
+Every decision is written once against these interfaces and the views in
+:mod:`pythia.policy.views`, and runs unchanged in every host (simulator, vLLM plugin,
+gateway). They follow vLLM V1's shape so vLLM can host them:
+
+- :class:`SchedulingPolicy` makes the waiting queue (vLLM's ``RequestQueue``) and names the
+  preemption victim when KV blocks run out;
+- :class:`CachePolicy` expresses cache decisions as actions on an LRU block pool (pin,
+  unpin, demote, offload to host, prefetch to GPU, precompute), which vLLM's block pool can
+  carry out; a policy that needs an arbitrary eviction order sets ``reorders_eviction`` and
+  ranks candidates, which only the simulator honours;
+- :class:`Router` picks a replica of a pool for a call;
+- :class:`Autoscaler` returns a target replica count for a pool at each tick.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from pythia.policy.views import BlockView, KVView, PoolView, ReplicaView, RequestView
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+class WaitingQueue(ABC):
+    """An engine's waiting queue (vLLM's ``RequestQueue``): the policy decides the order."""
+
+    @abstractmethod
+    def add(self, req: RequestView) -> None:
+        """Enqueue a newly arrived call."""
+
+    @abstractmethod
+    def prepend(self, req: RequestView) -> None:
+        """Put back a preempted call (vLLM puts it at the front under FCFS)."""
+
+    @abstractmethod
+    def peek(self) -> RequestView:
+        """The call the engine should try to admit next."""
+
+    @abstractmethod
+    def pop(self) -> RequestView:
+        """Remove and return :meth:`peek`'s call."""
+
+    @abstractmethod
+    def remove(self, req: RequestView) -> None:
+        """Remove a call (cancelled, or moved elsewhere)."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[RequestView]: ...
+
+    def refresh(self, now: float) -> None:
+        """Recompute time-dependent priorities (aging); called each step when the policy is dynamic."""
+
+
+class SchedulingPolicy(ABC):
+    """Orders waiting calls and chooses preemption victims.
+
+    ``dynamic`` says whether the order can change with time alone (aging): the simulator
+    then refreshes the queue every iteration and does not fast-forward past a blocked queue.
+    """
+
+    name: str = "scheduling"
+    dynamic: bool = False
+
+    @abstractmethod
+    def new_queue(self) -> WaitingQueue:
+        """A fresh, empty waiting queue for one engine."""
+
+    def victim(self, running: Sequence[RequestView], now: float) -> RequestView:
+        """The running call to preempt when blocks run out (vLLM FCFS: the last admitted)."""
+        return running[-1]
+
+
+# --------------------------------------------------------------------------- cache
+
+
+@dataclass(frozen=True, slots=True)
+class CacheAction:
+    """An action on a replica's KV pool, naming blocks by their chained hashes.
+
+    kind:
+        ``pin``: hold resident blocks so they cannot be evicted (a reference, as vLLM's
+        ``touch``); ``unpin``: release such a hold; ``demote``: move evictable blocks to the
+        front of the eviction order (release early); ``offload``: copy resident blocks to
+        host DRAM (prefetch to host); ``prefetch``: load host blocks back to the GPU ahead of
+        use; ``precompute``: compute the prefix ``segments`` in the background when idle.
+    """
+
+    kind: str
+    replica_id: int
+    hashes: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    segments: np.ndarray | None = None
+
+    KINDS = ("pin", "unpin", "demote", "offload", "prefetch", "precompute")
+
+
+class CachePolicy(ABC):
+    """Decides what stays in the KV cache beyond plain LRU, through :class:`CacheAction`s."""
+
+    name: str = "cache"
+    reorders_eviction: bool = False  # simulator only: rank evictable blocks with eviction_rank
+
+    def on_finish(self, req: RequestView, replica: ReplicaView, now: float) -> list[CacheAction]:
+        """Actions after a call finishes on ``replica`` (its blocks just became evictable)."""
+        return []
+
+    def on_tick(self, replicas: Sequence[ReplicaView], now: float) -> list[CacheAction]:
+        """Periodic actions (prefetch, precompute when idle)."""
+        return []
+
+    def eviction_rank(self, blocks: Sequence[BlockView], now: float) -> list[int]:
+        """Indices of ``blocks`` in eviction order (first evicted first); LRU by default."""
+        return sorted(range(len(blocks)), key=lambda i: blocks[i].last_used_s)
+
+
+# --------------------------------------------------------------------------- routing and scaling
+
+
+class Router(ABC):
+    """Picks a replica of a pool for each call."""
+
+    name: str = "router"
+
+    @abstractmethod
+    def route(self, req: RequestView, replicas: Sequence[ReplicaView], now: float) -> int:
+        """Index into ``replicas`` (all of them ``up``; never empty) of the chosen replica."""
+
+
+class Autoscaler(ABC):
+    """Sets the target replica count of each pool."""
+
+    name: str = "autoscaler"
+    interval_s: float = 10.0
+    enabled: bool = True
+
+    @abstractmethod
+    def target(self, pool: PoolView, now: float) -> int:
+        """Target number of replicas (starting + up) of ``pool`` at ``now``."""
+
+
+@dataclass(frozen=True)
+class Policies:
+    """The four policies of one system."""
+
+    scheduler: SchedulingPolicy
+    cache: CachePolicy
+    router: Router
+    autoscaler: Autoscaler
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+__all__ = [
+    "Autoscaler",
+    "BlockView",
+    "CacheAction",
+    "CachePolicy",
+    "KVView",
+    "Policies",
+    "PoolView",
+    "ReplicaView",
+    "RequestView",
+    "Router",
+    "SchedulingPolicy",
+    "WaitingQueue",
+]

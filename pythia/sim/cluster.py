@@ -1,0 +1,226 @@
+"""Model pools of replicas, with a router and an autoscaler per pool (policy hooks).
+
+A call issued by the workflow runtime goes to the pool its model maps to; the pool's router
+picks one of the replicas that are ``up``; the replica queues it. Autoscalers run at their
+own interval: a new replica is ``starting`` for the cluster's cold-start delay (model load),
+a replica scaled down is ``draining`` (no new calls; it stops when its calls end).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+from pythia.policy.base import CacheAction, CachePolicy, Policies
+from pythia.policy.systems import EngineFlags
+from pythia.sim.config import ClusterConfig, PoolConfig
+from pythia.sim.costmodel import FS_PER_S, CostModel
+from pythia.sim.engine import Replica
+from pythia.sim.events import READY, STEP, EventQueue
+from pythia.sim.request import SimRequest
+
+if TYPE_CHECKING:
+    from pythia.sim.runtime import Runtime
+
+
+@dataclass
+class Pool:
+    """One model pool (implements ``PoolView``)."""
+
+    config: PoolConfig
+    cost: CostModel
+    context_len: int
+    replicas_all: list[Replica] = field(default_factory=list)
+    pending: list[SimRequest] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    @property
+    def min_replicas(self) -> int:
+        return self.config.min_replicas
+
+    @property
+    def max_replicas(self) -> int:
+        return self.config.max_replicas
+
+    @property
+    def replicas(self) -> Sequence[Replica]:
+        return [r for r in self.replicas_all if r.state != "stopped"]
+
+    @property
+    def num_up(self) -> int:
+        return sum(1 for r in self.replicas_all if r.state == "up")
+
+    @property
+    def num_starting(self) -> int:
+        return sum(1 for r in self.replicas_all if r.state == "starting")
+
+    def up(self) -> list[Replica]:
+        """Replicas that accept calls."""
+        return [r for r in self.replicas_all if r.state == "up"]
+
+
+class Cluster:
+    """All pools and replicas; the bridge between the runtime, the policies and the engines."""
+
+    def __init__(self, config: ClusterConfig, flags: EngineFlags, policies: Policies, events: EventQueue,
+                 *, fast_forward: bool = True, check_invariants: bool = False) -> None:
+        self.config = config
+        self.flags = flags
+        self.policies = policies
+        self.events = events
+        self.fast_forward = fast_forward
+        self.check_invariants = check_invariants
+        self.now = 0
+        self.runtime: Runtime | None = None
+        self.pools: dict[str, Pool] = {}
+        self.replicas: list[Replica] = []
+        self._pool_of_model: dict[str, Pool] = {}
+        self.cache_ticks = type(policies.cache).on_tick is not CachePolicy.on_tick
+        self.cache_finish = type(policies.cache).on_finish is not CachePolicy.on_finish
+        for pc in config.pools:
+            cost = CostModel(config.gpu, pc.model, pc.tp, gpu_memory_utilization=flags.gpu_memory_utilization,
+                             max_num_batched_tokens=flags.max_num_batched_tokens)
+            pool = Pool(pc, cost, config.context_len(pc))
+            if cost.kv_blocks(flags.block_size) < 1:
+                from pythia.errors import PythiaInputError
+
+                raise PythiaInputError(
+                    f"cluster {config.name}: pool {pc.name}: {pc.model} at TP {pc.tp} leaves no memory for KV on {config.gpu}"
+                )
+            self.pools[pc.name] = pool
+            for _ in range(pc.replicas):
+                self._new_replica(pool, "up")
+
+    # ------------------------------------------------------------------ replicas
+
+    def _new_replica(self, pool: Pool, state: str) -> Replica:
+        r = Replica(len(self.replicas), pool.name, pool.cost, self.flags, self.policies, self,
+                    fast_forward=self.fast_forward, state=state)
+        r.check_invariants = self.check_invariants
+        self.replicas.append(r)
+        pool.replicas_all.append(r)
+        return r
+
+    def push_step(self, replica: Replica, t: int, version: int) -> None:
+        """Schedule the end of ``replica``'s in-flight iteration."""
+        self.events.push(t, STEP, replica.replica_id, 0, version)
+
+    def on_step(self, now: int, replica_id: int, version: int) -> None:
+        """An iteration-end event."""
+        self.now = now
+        self.replicas[replica_id].on_step_event(now, version)
+
+    def on_ready(self, now: int, replica_id: int) -> None:
+        """A starting replica finished loading its model."""
+        self.now = now
+        r = self.replicas[replica_id]
+        if r.state != "starting":
+            return
+        r.state = "up"
+        pool = self.pools[r.pool]
+        pending, pool.pending = pool.pending, []
+        for req in pending:
+            self._route(pool, req, now)
+
+    # ------------------------------------------------------------------ calls
+
+    def pool_for(self, model: str) -> Pool:
+        """The pool serving trace model ``model`` (cached per name)."""
+        pool = self._pool_of_model.get(model)
+        if pool is None:
+            pool = self.pools[self.config.pool_for(model).name]
+            self._pool_of_model[model] = pool
+        return pool
+
+    def submit(self, req: SimRequest, pool: Pool, now: int) -> None:
+        """Route a call issued at ``now`` to a replica of ``pool`` (or hold it until one is up)."""
+        self.now = now
+        self._route(pool, req, now)
+
+    def _route(self, pool: Pool, req: SimRequest, now: int) -> None:
+        ups = pool.up()
+        if not ups:
+            pool.pending.append(req)
+            return
+        i = self.policies.router.route(req, ups, now / FS_PER_S) if len(ups) > 1 else 0
+        if not 0 <= i < len(ups):
+            raise RuntimeError(f"router {self.policies.router.name} returned replica index {i} of {len(ups)}")
+        ups[i].enqueue(req, now)
+
+    def on_request_finished(self, replica: Replica, req: SimRequest, now: int) -> None:
+        """A call finished on ``replica``: tell the runtime, run cache hooks, stop a drained replica."""
+        assert self.runtime is not None
+        self.runtime.on_call_finished(req, now)
+        if self.cache_finish:
+            self.apply_actions(self.policies.cache.on_finish(req, replica, now / FS_PER_S), now)
+        if replica.state == "draining" and not replica.running and not len(replica.waiting):
+            replica.state = "stopped"
+
+    # ------------------------------------------------------------------ policy actions and ticks
+
+    def apply_actions(self, actions: list[CacheAction], now: int) -> None:
+        """Carry out cache actions on their replicas."""
+        for act in actions:
+            if not 0 <= act.replica_id < len(self.replicas):
+                continue
+            r = self.replicas[act.replica_id]
+            r.sync(now)
+            kv = r.kv
+            hashes = [int(h) for h in act.hashes]
+            if act.kind == "pin":
+                kv.pin(hashes)
+            elif act.kind == "unpin":
+                kv.unpin(hashes)
+            elif act.kind == "demote":
+                kv.demote(hashes)
+            elif act.kind == "offload":
+                kv.offload(hashes)
+            elif act.kind == "prefetch":
+                kv.prefetch(hashes)
+            elif act.kind == "precompute" and act.segments is not None:
+                assert self.runtime is not None
+                bg = self.runtime.background_request(act.segments, r, now)
+                if bg is not None:
+                    r.add_background(bg, now)
+            else:
+                raise ValueError(f"unknown cache action {act.kind!r}")
+
+    def cache_tick(self, now: int) -> None:
+        """Periodic cache-policy actions."""
+        if self.cache_ticks:
+            live = [r for r in self.replicas if r.state in ("up", "draining")]
+            self.apply_actions(self.policies.cache.on_tick(live, now / FS_PER_S), now)
+
+    def autoscale(self, now: int) -> None:
+        """Ask the autoscaler for each pool's target and start or drain replicas."""
+        self.now = now
+        scaler = self.policies.autoscaler
+        for pool in self.pools.values():
+            target = scaler.target(pool, now / FS_PER_S)
+            target = max(pool.min_replicas, min(pool.max_replicas, int(target)))
+            active = [r for r in pool.replicas_all if r.state in ("up", "starting")]
+            if target > len(active):
+                for _ in range(target - len(active)):
+                    r = self._new_replica(pool, "starting")
+                    self.events.push(now + round(self.config.cold_start_s * FS_PER_S), READY, r.replica_id)
+            elif target < len(active):
+                # Drain the least loaded replicas first (newest first on ties).
+                order = sorted(active, key=lambda r: (r.state == "up", r.num_running + r.num_waiting, -r.replica_id))
+                for r in order[: len(active) - target]:
+                    if r.state == "starting":
+                        r.state = "stopped"
+                    else:
+                        r.state = "draining"
+                        if r.is_idle():
+                            r.state = "stopped"
+
+    def counters(self) -> list[dict[str, Any]]:
+        """Per-replica counters for the summary."""
+        return [r.describe() for r in self.replicas]

@@ -1,0 +1,219 @@
+"""Roofline cost of one engine iteration, in integer femtoseconds.
+
+An iteration runs a batch of sequences; each contributes ``q`` new tokens over a context of
+``c`` tokens already in its KV cache. Per GPU of a tensor-parallel group (``tp`` GPUs)::
+
+    compute = (2 * P_layers * T + 2 * vocab * hidden * S_sampled + 4 * heads * head_dim * layers * pairs) / tp
+              / (peak_flops * mfu)
+    memory  = (weight_bytes + kv_bytes_per_token * kv_read) / tp / (hbm_bandwidth * mbu)
+    time    = overhead + per_seq * S + max(compute, memory) + allreduce (tp > 1)
+
+with ``T`` the batch's tokens, ``S`` its sequences, ``S_sampled`` those producing a token,
+``pairs = sum(q * c + q * (q + 1) / 2)`` the query-key pairs of causal attention and
+``kv_read = sum(c + q)`` the KV tokens read. Each coefficient is rounded once to whole
+femtoseconds, so an iteration's cost is an exact integer-linear function of the counts
+inside each branch of the ``max``: the fast-forward sums many decode iterations in closed
+form and gets exactly the same total as stepping.
+
+Coefficients: ``data/gpus.yaml`` (peaks), ``data/models.yaml`` (shapes),
+``data/efficiency.yaml`` (mfu, mbu, overheads per GPU and model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from pythia.errors import PythiaInputError
+
+FS_PER_S = 10**15
+GIB = 1 << 30
+
+
+@lru_cache(maxsize=None)
+def load_data(name: str) -> dict[str, Any]:
+    """One of the shipped data files (``gpus``, ``models``, ``efficiency``)."""
+    text = resources.files("pythia.sim").joinpath(f"data/{name}.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The shape of a decoder-only transformer (fields of its config.json)."""
+
+    name: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied_embeddings: bool
+    max_model_len: int
+    dtype_bytes: int = 2
+    hf_name: str = ""
+
+    @property
+    def layer_params(self) -> int:
+        """Matmul parameters of the transformer layers (attention projections and MLP)."""
+        attn = self.hidden * self.heads * self.head_dim * 2 + self.hidden * self.kv_heads * self.head_dim * 2
+        mlp = 3 * self.hidden * self.intermediate
+        return self.layers * (attn + mlp)
+
+    @property
+    def params(self) -> int:
+        """All parameters, embeddings included."""
+        emb = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+        return self.layer_params + emb
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes of one token over all layers (keys and values)."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
+
+
+def model_shape(name: str) -> ModelShape:
+    """The shipped shape of model ``name``; unknown names list the known ones."""
+    models = load_data("models")
+    if name not in models:
+        raise PythiaInputError(f"unknown model {name!r}; known: {', '.join(sorted(models))}")
+    return ModelShape(name=name, **models[name])
+
+
+def gpu_spec(name: str) -> dict[str, float]:
+    """The shipped spec of accelerator ``name``."""
+    gpus = load_data("gpus")
+    if name not in gpus:
+        raise PythiaInputError(f"unknown GPU {name!r}; known: {', '.join(sorted(gpus))}")
+    return dict(gpus[name])
+
+
+def efficiency(gpu: str, model: str) -> dict[str, float]:
+    """Efficiency coefficients of a (GPU, model) pair, falling back to the default entry."""
+    eff = load_data("efficiency")
+    out = dict(eff["default"])
+    out.update(eff.get(f"{gpu}/{model}", {}))
+    return out
+
+
+class CostModel:
+    """Iteration cost and KV capacity of one replica (a model on ``tp`` GPUs of one kind)."""
+
+    def __init__(self, gpu: str, model: str, tp: int = 1, *, gpu_memory_utilization: float = 0.92,
+                 max_num_batched_tokens: int = 2048) -> None:
+        if tp not in (1, 2, 4, 8):
+            raise PythiaInputError(f"tensor parallel size {tp} must be 1, 2, 4 or 8")
+        self.gpu, self.model, self.tp = gpu, model_shape(model), tp
+        spec, eff = gpu_spec(gpu), efficiency(gpu, model)
+        self.spec, self.eff = spec, eff
+        m = self.model
+        fs_per_flop = FS_PER_S / (spec["tflops"] * 1e12 * eff["mfu"]) / tp
+        fs_per_byte = FS_PER_S / (spec["hbm_tbps"] * 1e12 * eff["mbu"]) / tp
+        self.c_token = round(2 * m.layer_params * fs_per_flop)
+        self.c_sampled = round(2 * m.vocab * m.hidden * fs_per_flop)
+        self.c_pair = round(4 * m.heads * m.head_dim * m.layers * fs_per_flop)
+        self.m_weights = round(m.params * m.dtype_bytes * fs_per_byte)
+        self.m_kv = round(m.kv_bytes_per_token * fs_per_byte)
+        self.overhead = round(eff["overhead_ms"] * 1e-3 * FS_PER_S)
+        self.c_seq = round(eff["per_seq_us"] * 1e-6 * FS_PER_S)
+        if tp > 1:
+            link = spec["link_gbps"] * 1e9
+            self.ar_fixed = round(2 * m.layers * eff["allreduce_us"] * 1e-6 * FS_PER_S)
+            # Ring all-reduce moves 2 (tp-1)/tp of the activations per GPU, twice per layer.
+            self.ar_token = round(2 * m.layers * m.hidden * m.dtype_bytes * 2 * (tp - 1) / tp / link * FS_PER_S)
+        else:
+            self.ar_fixed = self.ar_token = 0
+        pcie = spec["pcie_gbps"] * 1e9
+        # Each rank loads its own shard of a token's KV over its own link, in parallel.
+        self.pcie_fs_per_token = round(m.kv_bytes_per_token / tp / pcie * FS_PER_S)
+        if "kv_cache_gib" in spec:
+            kv_bytes = spec["kv_cache_gib"] * GIB * tp
+        else:
+            per_gpu = spec["memory_gib"] * GIB * gpu_memory_utilization - m.params * m.dtype_bytes / tp - eff["activation_gib"] * GIB
+            kv_bytes = per_gpu * tp
+        self.kv_capacity_tokens = max(0, int(kv_bytes // m.kv_bytes_per_token))
+
+    def kv_blocks(self, block_size: int) -> int:
+        """KV blocks a replica holds: (memory * utilisation - weights - activation reserve) / block bytes."""
+        return self.kv_capacity_tokens // block_size
+
+    def iteration_fs(self, tokens: int, seqs: int, sampled: int, pairs: int, kv_read: int) -> int:
+        """Cost of one iteration in femtoseconds (see the module docstring for the terms)."""
+        compute = self.c_token * tokens + self.c_sampled * sampled + self.c_pair * pairs
+        memory = self.m_weights + self.m_kv * kv_read
+        cost = self.overhead + self.c_seq * seqs + (compute if compute > memory else memory)
+        if self.ar_fixed:
+            cost += self.ar_fixed + self.ar_token * tokens
+        return cost
+
+    def decode_run(self, n: int, ctx0: int) -> "DecodeRun":
+        """Closed-form costs of consecutive decode-only iterations of ``n`` sequences.
+
+        ``ctx0`` is the batch's total context before the first iteration; iteration ``j``
+        (from 1) has ``pairs = kv_read = ctx0 + n * j``.
+        """
+        return DecodeRun(self, n, ctx0)
+
+
+class DecodeRun:
+    """Cumulative cost of ``m`` decode iterations, exact in integers.
+
+    Iteration ``j`` costs ``max(p1 + q1 * j, p2 + q2 * j)`` (compute and memory branches,
+    the common terms folded in), so the sum splits at the crossover into two arithmetic series.
+    """
+
+    __slots__ = ("p1", "q1", "p2", "q2")
+
+    def __init__(self, cm: CostModel, n: int, ctx0: int) -> None:
+        common = cm.overhead + cm.c_seq * n + (cm.ar_fixed + cm.ar_token * n if cm.ar_fixed else 0)
+        self.p1 = common + cm.c_token * n + cm.c_sampled * n + cm.c_pair * ctx0
+        self.q1 = cm.c_pair * n
+        self.p2 = common + cm.m_weights + cm.m_kv * ctx0
+        self.q2 = cm.m_kv * n
+
+    def cost(self, j: int) -> int:
+        """Cost of iteration ``j`` (from 1)."""
+        a, b = self.p1 + self.q1 * j, self.p2 + self.q2 * j
+        return a if a > b else b
+
+    @staticmethod
+    def _series(p: int, q: int, lo: int, hi: int) -> int:
+        if hi < lo:
+            return 0
+        return (hi - lo + 1) * p + q * (hi * (hi + 1) - (lo - 1) * lo) // 2
+
+    def total(self, m: int) -> int:
+        """Sum of the costs of iterations ``1..m``."""
+        if m <= 0:
+            return 0
+        dp, dq = self.p1 - self.p2, self.q1 - self.q2
+        # Iteration j uses the compute branch when dp + dq * j > 0 (ties take memory, as cost() does).
+        if dq == 0:
+            lo_c, hi_c = (1, m) if dp > 0 else (1, 0)
+        elif dq > 0:
+            lo_c, hi_c = max(1, (-dp) // dq + 1), m
+        else:
+            lo_c, hi_c = 1, min(m, (dp - 1) // (-dq))
+        if hi_c < lo_c:
+            return self._series(self.p2, self.q2, 1, m)
+        return (
+            self._series(self.p1, self.q1, lo_c, hi_c)
+            + self._series(self.p2, self.q2, 1, lo_c - 1)
+            + self._series(self.p2, self.q2, hi_c + 1, m)
+        )
+
+    def steps_within(self, budget: int, limit: int) -> int:
+        """The largest ``m <= limit`` with ``total(m) <= budget`` (binary search)."""
+        lo, hi = 0, limit
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.total(mid) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo

@@ -1,0 +1,483 @@
+"""One replica's engine, following vLLM V1's scheduler (``vllm/v1/core/sched/scheduler.py``).
+
+Each iteration (``schedule``):
+
+1. running calls first, in order: each gets ``num_tokens - num_computed_tokens`` new tokens
+   (its remaining prefill chunk, or 1 in decode) within the token budget
+   ``max_num_batched_tokens``; when its KV blocks cannot be allocated, the scheduling
+   policy names a victim, which is preempted by recompute (blocks freed, progress reset,
+   back to the front of the waiting queue) until the allocation succeeds or the call
+   itself was the victim;
+2. if nothing was preempted, waiting calls in the policy's order while the budget lasts and
+   fewer than ``max_num_seqs`` run: a prefix-cache lookup (hits stop at the first missing
+   block, never covering the last token), host-tier hits loaded over PCIe, admission only if
+   the whole sequence fits the free blocks (vLLM's ``scheduler_reserve_full_isl``), chunked
+   prefill of what remains;
+3. the iteration's cost comes from the cost model; its results (a token per call whose
+   known tokens are all computed; first token, finish) apply when it ends.
+
+Fast-forward: when an iteration is decode-only for every running call and nothing in the
+queue could be admitted before the batch changes, the engine plans ``k`` identical-shaped
+iterations at once (until the first call finishes, or just before the pool would run out of
+blocks), with their total cost in closed form. An arrival or an observer (a router reading
+loads) in the middle cuts the plan at the last iteration boundary, so every observable state
+is the one stepping would give.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from pythia.policy.base import Policies
+from pythia.policy.systems import EngineFlags
+from pythia.sim.costmodel import FS_PER_S, CostModel, DecodeRun
+from pythia.sim.kvcache import KVCache
+from pythia.sim.request import SimRequest
+
+if TYPE_CHECKING:
+    from pythia.sim.cluster import Cluster
+
+
+class Segment:
+    """A planned run of ``k`` decode iterations starting at ``t0`` (iteration 1 already scheduled)."""
+
+    __slots__ = ("t0", "k", "run", "batch", "c0", "blank0", "cached0", "used0", "ceil0")
+
+    def __init__(self, t0: int, k: int, run: DecodeRun, batch: list[SimRequest], c0: np.ndarray,
+                 kv: KVCache, bs: int) -> None:
+        self.t0, self.k, self.run, self.batch, self.c0 = t0, k, run, batch, c0
+        self.blank0, self.cached0, self.used0 = kv.blank, kv.cached_blocks, kv.used_blocks
+        self.ceil0 = (c0 + bs) // bs  # blocks held after scheduling iteration 1: ceil((c+1)/bs)
+
+    def new_blocks(self, j: int, bs: int) -> int:
+        """Blocks allocated by the schedules of iterations 2..j."""
+        if j <= 1:
+            return 0
+        return int(np.maximum((self.c0 + j + bs - 1) // bs - self.ceil0, 0).sum())
+
+
+class Replica:
+    """A model replica: waiting queue, running batch, KV cache and the iteration loop."""
+
+    def __init__(self, replica_id: int, pool: str, cost: CostModel, flags: EngineFlags, policies: Policies,
+                 cluster: "Cluster", *, fast_forward: bool = True, state: str = "up") -> None:
+        self.replica_id = replica_id
+        self.pool = pool
+        self.state = state
+        self.cost = cost
+        self.flags = flags
+        self.sched = policies.scheduler
+        self.cache_policy = policies.cache
+        self.cluster = cluster
+        self.fast_forward = fast_forward
+        bs = flags.block_size
+        host_blocks = int(flags.host_kv_gib * (1 << 30) // (cost.model.kv_bytes_per_token * bs)) if flags.host_kv_gib else 0
+        self.kv = KVCache(cost.kv_blocks(bs), bs, caching=flags.enable_prefix_caching, host_blocks=host_blocks)
+        if policies.cache.reorders_eviction:
+            self.kv.ranker = self._rank_eviction
+        self.waiting = self.sched.new_queue()
+        self.running: list[SimRequest] = []
+        self.background: list[SimRequest] = []
+        self.inflight: dict[SimRequest, int] = {}
+        self.busy = False
+        self.end_fs = 0
+        self.version = 0
+        self.seg: Segment | None = None
+        self.watermark_blocks = int(flags.watermark * self.kv.total_blocks)
+        self.max_model_len = cost.model.max_model_len
+        # Counters for the summary.
+        self.iterations = 0
+        self.ff_iterations = 0
+        self.preemptions = 0
+        self.busy_fs = 0
+        self.check_invariants = False
+        self.admitted_now = 0
+        self.preempted_now = False
+
+    # ------------------------------------------------------------------ views (ReplicaView)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def pending_prefill_tokens(self) -> int:
+        self.sync()
+        pend = sum(r.num_tokens - r.num_computed_tokens for r in self.waiting)
+        return pend + sum(r.num_tokens - r.num_computed_tokens - 1 for r in self.running if r.num_computed_tokens < r.num_tokens - 1)
+
+    def running_calls(self) -> Sequence[SimRequest]:
+        self.sync()
+        return tuple(self.running)
+
+    # ------------------------------------------------------------------ arrivals
+
+    def enqueue(self, req: SimRequest, now: int) -> None:
+        """A call reaches this replica's waiting queue at ``now``."""
+        self.sync(now)
+        req.arrival_fs = now
+        req.arrival_s = now / FS_PER_S
+        req.replica_id = self.replica_id
+        self.waiting.add(req)
+        if not self.busy:
+            self._boundary(now)
+
+    def add_background(self, req: SimRequest, now: int) -> None:
+        """Queue a background prefill (precompute) run only when no call waits."""
+        self.sync(now)
+        req.arrival_fs = now
+        req.replica_id = self.replica_id
+        self.background.append(req)
+        if not self.busy:
+            self._boundary(now)
+
+    # ------------------------------------------------------------------ the iteration loop
+
+    def on_step_event(self, now: int, version: int) -> None:
+        """The in-flight iteration (or the last of a fast-forward run) ends at ``now``."""
+        if version != self.version:
+            return  # superseded by a cut of the fast-forward run
+        if self.seg is not None:
+            seg, self.seg = self.seg, None
+            self._materialize(seg, seg.k - 1)
+            self.ff_iterations += seg.k - 1
+        self._apply(now)
+        self._boundary(now)
+
+    def _boundary(self, now: int) -> None:
+        cost = self._schedule(now)
+        if cost is None:
+            self.busy = False
+            self.inflight = {}
+            return
+        self.busy = True
+        self.iterations += 1
+        seg = self._plan(now) if self.fast_forward else None
+        self.version += 1
+        if seg is not None:
+            self.seg = seg
+            self.end_fs = now + seg.run.total(seg.k)
+        else:
+            self.end_fs = now + cost
+        self.busy_fs += self.end_fs - now
+        self.cluster.push_step(self, self.end_fs, self.version)
+
+    def _apply(self, now: int) -> None:
+        """Apply the results of the iteration that just ended."""
+        finished: list[SimRequest] = []
+        for req, n in self.inflight.items():
+            req.num_computed_tokens += n
+            if req.num_computed_tokens >= req.num_tokens:
+                if req.background:
+                    finished.append(req)
+                    continue
+                req.num_output_tokens += 1
+                if req.first_token_fs < 0:
+                    req.first_token_fs = now
+                if req.num_output_tokens >= req.output_tokens:
+                    finished.append(req)
+        self.inflight = {}
+        if finished:
+            self.kv.now_s = now / FS_PER_S
+            for req in finished:
+                req.finish_fs = now
+                if req.background:
+                    self.background.remove(req)
+                else:
+                    self.running.remove(req)
+                self.kv.free(req)
+            for req in finished:
+                if not req.background:
+                    self.cluster.on_request_finished(self, req, now)
+        if self.check_invariants:
+            self.kv.check()
+
+    def _alloc(self, req: SimRequest, n_new: int) -> bool:
+        """vLLM's ``allocate_slots`` for ``n_new`` more tokens; registers newly full blocks."""
+        bs = self.kv.block_size
+        slots = req.num_computed_tokens + n_new
+        need = -(-slots // bs) - req.kv_ref - req.kv_priv
+        kv = self.kv
+        if need > 0:
+            if need > kv.blank + len(kv.lru) + len(kv.front):
+                return False
+            kv.take(req, need)
+        upto = min(slots, req.num_tokens) // bs
+        if upto > req.kv_ref:
+            kv.register(req, min(upto, len(req.hlist)))
+        return True
+
+    def _preempt(self, victim: SimRequest, now: int) -> None:
+        self.kv.now_s = now / FS_PER_S
+        self.kv.free(victim)
+        victim.num_computed_tokens = 0
+        victim.num_preemptions += 1
+        self.preemptions += 1
+        self.waiting.prepend(victim)
+
+    def _schedule(self, now: int) -> int | None:
+        """One call of the scheduler: fills ``self.inflight``; returns the iteration cost or ``None`` if idle."""
+        flags, kv, bs = self.flags, self.kv, self.kv.block_size
+        budget = flags.max_num_batched_tokens
+        threshold = flags.long_prefill_token_threshold
+        running = self.running
+        n_eligible = len(running) + len(self.waiting)
+        if n_eligible <= 1:
+            threshold = 0  # nobody to starve (as vLLM)
+        sched: dict[SimRequest, int] = {}
+        preempted = False
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            n_new = req.num_tokens - req.num_computed_tokens
+            if 0 < threshold < n_new:
+                n_new = threshold
+            if n_new > budget:
+                n_new = budget
+            if n_new <= 0:
+                i += 1
+                continue
+            ok = self._alloc(req, n_new)
+            while not ok:
+                victim = self.sched.victim(running, now / FS_PER_S)
+                vi = running.index(victim)
+                del running[vi]
+                if vi < i:
+                    i -= 1
+                restored = sched.pop(victim, None)
+                if restored is not None:
+                    budget += restored
+                self._preempt(victim, now)
+                preempted = True
+                if victim is req:
+                    break
+                ok = self._alloc(req, n_new)
+            if not ok:
+                break
+            sched[req] = n_new
+            budget -= n_new
+            i += 1
+        self.admitted_now = 0
+        load_tokens = 0
+        if not preempted and self.waiting:
+            if self.sched.dynamic:
+                self.waiting.refresh(now / FS_PER_S)
+            waiting = self.waiting
+            while budget > 0 and waiting and len(running) < flags.max_num_seqs:
+                req = waiting.peek()
+                nt = req.num_tokens
+                limit = (nt - 1) // bs
+                hl = req.hlist
+                k = kv.match(hl, limit)
+                h2 = kv.host_match(hl, k, limit)
+                hit = (k + h2) * bs
+                n_new = nt - hit
+                if 0 < threshold < n_new:
+                    n_new = threshold
+                if n_new > budget:
+                    if not flags.enable_chunked_prefill:
+                        break
+                    n_new = budget
+                required = -(-nt // bs) - k + kv.idle_hits(hl, k)
+                if running:
+                    required += self.watermark_blocks
+                if required > kv.available():
+                    break
+                waiting.pop()
+                kv.acquire(req, k)
+                if h2:
+                    kv.take(req, h2)
+                    kv.register(req, k + h2)
+                    load_tokens += h2 * bs
+                req.num_computed_tokens = hit
+                if not self._alloc(req, n_new):  # cannot fail: the whole sequence fitted
+                    raise RuntimeError("admission allocation failed after the full-sequence check")
+                if not req.admitted:
+                    req.admitted = True
+                    req.sched_fs = now
+                    req.cached_tokens = min(hit, req.prompt_tokens)
+                running.append(req)
+                sched[req] = n_new
+                budget -= n_new
+                self.admitted_now += 1
+        self.preempted_now = preempted
+        if budget > 0 and self.background and not self.waiting and not preempted:
+            for req in self.background:
+                if budget <= 0:
+                    break
+                if req not in sched and req.num_computed_tokens < req.num_tokens:
+                    if req.num_computed_tokens == 0 and req.kv_ref == 0 and req.kv_priv == 0:
+                        limit = (req.num_tokens - 1) // bs
+                        k = kv.match(req.hlist, limit)
+                        if -(-req.num_tokens // bs) - k + kv.idle_hits(req.hlist, k) > kv.available():
+                            continue
+                        kv.acquire(req, k)
+                        req.num_computed_tokens = k * bs
+                    n_new = min(req.num_tokens - req.num_computed_tokens, budget)
+                    if self._alloc(req, n_new):
+                        sched[req] = n_new
+                        budget -= n_new
+        self.inflight = sched
+        if not sched:
+            return None
+        tokens = pairs = kv_read = sampled = 0
+        for req, n in sched.items():
+            c = req.num_computed_tokens
+            tokens += n
+            pairs += n * c + n * (n + 1) // 2
+            kv_read += c + n
+            if c + n >= req.num_tokens:
+                sampled += 1
+            req.computed_tokens += n
+        cost = self.cost.iteration_fs(tokens, len(sched), sampled, pairs, kv_read)
+        if load_tokens:
+            cost += load_tokens * self.cost.pcie_fs_per_token
+        return cost
+
+    # ------------------------------------------------------------------ fast-forward
+
+    def _plan(self, now: int) -> Segment | None:
+        """A fast-forward run if the batch just scheduled is decode-only and cannot change."""
+        sched = self.inflight
+        running = self.running
+        if self.preempted_now or self.admitted_now or len(sched) != len(running) or len(running) == 0:
+            return None
+        if self.background or (self.waiting and self.sched.dynamic):
+            return None
+        k = 1 << 62
+        for req in running:
+            if sched.get(req) != 1 or req.num_computed_tokens != req.num_tokens - 1:
+                return None
+            left = req.output_tokens - req.num_output_tokens
+            if left < k:
+                k = left
+        if k < 2:
+            return None
+        bs = self.kv.block_size
+        c0 = np.fromiter((r.num_computed_tokens for r in running), dtype=np.int64, count=len(running))
+        seg = Segment(now, k, self.cost.decode_run(len(running), int(c0.sum())), list(running), c0, self.kv, bs)
+        avail = self.kv.available()
+        if seg.new_blocks(k, bs) > avail:
+            lo, hi = 1, k  # largest k with the schedules of iterations 2..k fitting
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if seg.new_blocks(mid, bs) <= avail:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            seg.k = k = lo
+            if k < 2:
+                return None
+        return seg
+
+    def _materialize(self, seg: Segment, m: int) -> None:
+        """State after ``m`` iterations of ``seg`` and the schedule of iteration ``m + 1``."""
+        if m <= 0:
+            return
+        kv, bs = self.kv, self.kv.block_size
+        batch = seg.batch
+        for req in batch:
+            req.num_computed_tokens += m
+            req.num_output_tokens += m
+            req.computed_tokens += m
+        # Blocks: schedules of iterations 2..m+1, i.e. slots c + m + 1 per call.
+        new_hashes: list[int] = []
+        for req in batch:
+            upto = min((req.num_computed_tokens + 1) // bs, len(req.hlist))
+            if upto > req.kv_ref:
+                new_hashes.extend(req.hlist[req.kv_ref:upto])
+        ref = kv.ref
+        if new_hashes and (any(map(ref.__contains__, new_hashes)) or len(set(new_hashes)) != len(new_hashes)):
+            self._materialize_exact(seg, m)
+            return
+        for req in batch:
+            slots = req.num_computed_tokens + 1
+            need = -(-slots // bs) - req.kv_ref - req.kv_priv
+            if need > 0:
+                kv.take(req, need)
+            upto = min(slots // bs, len(req.hlist))
+            if upto > req.kv_ref:
+                kv.register(req, upto)
+        if self.check_invariants:
+            kv.check()
+
+    def _materialize_exact(self, seg: Segment, m: int) -> None:
+        """Block events one by one in (iteration, running order): when a registration could meet shared content."""
+        bs = self.kv.block_size
+        for req in seg.batch:  # undo the bulk token update, then replay per iteration
+            req.num_computed_tokens -= m
+            req.num_output_tokens -= m
+        for j in range(2, m + 2):
+            for req in seg.batch:
+                req.num_computed_tokens += 1
+                req.num_output_tokens += 1
+                slots = req.num_computed_tokens + 1
+                if slots % bs in (0, 1):
+                    self._alloc(req, 1)
+
+    def sync(self, now: int | None = None) -> None:
+        """Cut a fast-forward run at the last iteration boundary at or before ``now``."""
+        seg = self.seg
+        if seg is None:
+            return
+        if now is None:
+            now = self.cluster.now
+        m = seg.run.steps_within(now - seg.t0, seg.k - 1)
+        self.seg = None
+        self._materialize(seg, m)
+        self.ff_iterations += m
+        self.inflight = {req: 1 for req in seg.batch}
+        self.version += 1
+        old_end = self.end_fs
+        self.end_fs = seg.t0 + seg.run.total(m + 1)
+        self.busy_fs += self.end_fs - old_end
+        self.cluster.push_step(self, self.end_fs, self.version)
+
+    def peek_counts(self, now: int) -> tuple[int, int, int, int, int]:
+        """(batch size, queue length, KV used, cached, free) at ``now`` without cutting a run."""
+        seg, kv = self.seg, self.kv
+        if seg is None:
+            return len(self.inflight), len(self.waiting), kv.used_blocks, kv.cached_blocks, kv.blank
+        m = seg.run.steps_within(now - seg.t0, seg.k - 1)
+        grow = seg.new_blocks(m + 1, kv.block_size)
+        from_blank = min(grow, seg.blank0)
+        return len(seg.batch), len(self.waiting), seg.used0 + grow, seg.cached0 - (grow - from_blank), seg.blank0 - from_blank
+
+    # ------------------------------------------------------------------ cache policy hooks
+
+    def _rank_eviction(self, hashes: list[int], last_used: list[float]) -> list[int]:
+        class _B:
+            __slots__ = ("block_hash", "last_used_s")
+
+            def __init__(self, h: int, t: float) -> None:
+                self.block_hash, self.last_used_s = h, t
+
+        views = [_B(h, t) for h, t in zip(hashes, last_used)]
+        order = self.cache_policy.eviction_rank(views, self.cluster.now / FS_PER_S)
+        return [hashes[i] for i in order]
+
+    def is_idle(self) -> bool:
+        """No call running or waiting (a draining replica can stop)."""
+        return not self.running and not len(self.waiting) and not self.background and not self.busy
+
+    def describe(self) -> dict[str, Any]:
+        """Counters of this replica for the summary."""
+        return {
+            "replica": self.replica_id,
+            "pool": self.pool,
+            "iterations": self.iterations + self.ff_iterations,
+            "fast_forwarded_iterations": self.ff_iterations,
+            "preemptions": self.preemptions,
+            "kv_blocks": self.kv.total_blocks,
+            "evictions": self.kv.evictions,
+            "busy_s": self.busy_fs / FS_PER_S,
+        }
+
+
+__all__ = ["Replica", "Segment"]

@@ -1,0 +1,308 @@
+"""A replica's paged KV cache with vLLM's block-hash prefix caching, pins and a host tier.
+
+Blocks are counted, not named: the simulator needs which *content* is resident and how
+many blocks each holder has, not physical block ids. State:
+
+- ``blank``: free blocks holding nothing (vLLM puts them at the front of its free queue);
+- ``ref``: resident blocks with a registered hash -> number of holders (requests, pins);
+- ``lru``: resident blocks no one holds (``ref == 0``), oldest first: the evictable cache.
+  ``front`` holds demoted blocks, evicted before ``lru``;
+- ``private``: blocks requests hold without a registered hash (a partial tail block).
+
+Conservation: ``blank + cached + used == total_blocks`` with ``cached = len(lru) + len(front)``
+and ``used = private + #{h: ref[h] > 0}`` (:meth:`KVCache.check`).
+
+Fidelity notes. As in vLLM, a request's full blocks are registered when scheduled, hits
+stop at the first missing block of the chain and leave the last prompt token to compute,
+freed blocks join the eviction order tail first. Unlike vLLM, two requests that compute the
+same block at the same time end up sharing one block (the second adopts the first's block
+and returns its own), which vLLM only does for the next request.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from itertools import takewhile
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+
+
+class Holder(Protocol):
+    """What the cache keeps on a request: its hash chain and its block counts."""
+
+    hlist: list[int]
+    kv_ref: int
+    kv_priv: int
+
+
+class KVCache:
+    """Block accounting of one replica (see the module docstring)."""
+
+    __slots__ = (
+        "total_blocks", "block_size", "caching", "blank", "ref", "lru", "front", "private",
+        "pins", "host", "host_cap", "evictions", "host_offloads", "ranker", "now_s",
+    )
+
+    def __init__(self, total_blocks: int, block_size: int, *, caching: bool = True, host_blocks: int = 0) -> None:
+        self.total_blocks = total_blocks
+        self.block_size = block_size
+        self.caching = caching
+        self.blank = total_blocks
+        self.ref: dict[int, int] = {}
+        self.lru: OrderedDict[int, float] = OrderedDict()
+        self.front: OrderedDict[int, float] = OrderedDict()
+        self.private = 0
+        self.pins: dict[int, int] = {}
+        self.host: OrderedDict[int, None] = OrderedDict()
+        self.host_cap = host_blocks
+        self.evictions = 0
+        self.host_offloads = 0
+        # Optional simulator-only eviction order: f(hashes, last_used) -> hashes in eviction order.
+        self.ranker: Callable[[list[int], list[float]], list[int]] | None = None
+        self.now_s = 0.0
+
+    # ------------------------------------------------------------------ counts (KVView)
+
+    @property
+    def free_blocks(self) -> int:
+        """Blocks holding nothing."""
+        return self.blank
+
+    @property
+    def cached_blocks(self) -> int:
+        """Evictable blocks whose content is kept for reuse."""
+        return len(self.lru) + len(self.front)
+
+    @property
+    def used_blocks(self) -> int:
+        """Blocks held by requests or pins."""
+        return self.total_blocks - self.blank - len(self.lru) - len(self.front)
+
+    @property
+    def host_blocks(self) -> int:
+        """Blocks resident in the host-DRAM tier."""
+        return len(self.host)
+
+    def available(self) -> int:
+        """Blocks an allocation can take: blank plus evictable."""
+        return self.blank + len(self.lru) + len(self.front)
+
+    def cached_prefix_blocks(self, hashes: np.ndarray | list[int]) -> int:
+        """Leading blocks of the chain ``hashes`` resident on the GPU."""
+        hl = hashes.tolist() if isinstance(hashes, np.ndarray) else hashes
+        return self.match(hl, len(hl))
+
+    # ------------------------------------------------------------------ lookups
+
+    def match(self, hl: list[int], limit: int) -> int:
+        """Number of leading hashes of ``hl`` (at most ``limit``) resident on the GPU."""
+        if not self.caching or limit <= 0:
+            return 0
+        ref = self.ref
+        if len(hl) > limit:
+            hl = hl[:limit]
+        return sum(1 for _ in takewhile(ref.__contains__, hl))
+
+    def host_match(self, hl: list[int], start: int, limit: int) -> int:
+        """Blocks ``hl[start:limit]`` resident on the host, counted until the first miss."""
+        if not self.host or start >= limit:
+            return 0
+        return sum(1 for _ in takewhile(self.host.__contains__, hl[start:limit]))
+
+    def idle_hits(self, hl: list[int], k: int) -> int:
+        """How many of the first ``k`` (resident) blocks nobody holds: taking them uses free capacity."""
+        if k <= 0:
+            return 0
+        ref = self.ref
+        return list(map(ref.__getitem__, hl[:k])).count(0)
+
+    # ------------------------------------------------------------------ allocation
+
+    def _evict(self, n: int) -> None:
+        """Turn ``n`` evictable blocks into blank ones (demoted first, then LRU order)."""
+        ref, host = self.ref, self.host
+        offload = self.host_cap > 0
+        if self.ranker is not None and n > len(self.front):
+            self._reorder()
+        for od in (self.front, self.lru):
+            while n and od:
+                h, _ = od.popitem(last=False)
+                del ref[h]
+                self.blank += 1
+                self.evictions += 1
+                n -= 1
+                if offload:  # write-back to host DRAM on eviction
+                    if h in host:
+                        host.move_to_end(h)
+                    else:
+                        host[h] = None
+                        self.host_offloads += 1
+                        if len(host) > self.host_cap:
+                            host.popitem(last=False)
+        if n:
+            raise RuntimeError(f"KV cache asked to evict {n} blocks more than it has")
+
+    def _reorder(self) -> None:
+        keys = list(self.lru)
+        order = self.ranker(keys, [self.lru[h] for h in keys])  # type: ignore[misc]
+        self.lru = OrderedDict((h, self.lru[h]) for h in order)
+
+    def take(self, req: Holder, n: int) -> None:
+        """Give ``req`` ``n`` new private blocks (evicting cached ones if needed)."""
+        if n <= 0:
+            return
+        if self.blank < n:
+            self._evict(n - self.blank)
+        self.blank -= n
+        self.private += n
+        req.kv_priv += n
+
+    def acquire(self, req: Holder, k: int) -> None:
+        """Take a reference on the first ``k`` hashes of ``req``'s chain (its prefix-cache hit)."""
+        ref, lru, front = self.ref, self.lru, self.front
+        for h in req.hlist[req.kv_ref:k]:
+            r = ref[h]
+            if r == 0:
+                if lru.pop(h, None) is None:
+                    front.pop(h)
+            ref[h] = r + 1
+        req.kv_ref = max(req.kv_ref, k)
+
+    def register(self, req: Holder, upto: int) -> None:
+        """Register ``req``'s full blocks up to chain index ``upto`` (turning private blocks into cached content)."""
+        lo = req.kv_ref
+        if upto <= lo or not self.caching:
+            return
+        new = req.hlist[lo:upto]
+        ref = self.ref
+        n = len(new)
+        if not any(map(ref.__contains__, new)):
+            ref.update(dict.fromkeys(new, 1))
+        else:
+            for h in new:
+                r = ref.get(h)
+                if r is None:
+                    ref[h] = 1
+                    continue
+                # Someone registered this content meanwhile: share theirs, return ours.
+                if r == 0:
+                    if self.lru.pop(h, None) is None:
+                        self.front.pop(h)
+                ref[h] = r + 1
+                self.private -= 1
+                req.kv_priv -= 1
+                self.blank += 1
+                n -= 1
+        self.private -= n
+        req.kv_priv -= n
+        req.kv_ref = upto
+
+    def free(self, req: Holder) -> None:
+        """Release all of ``req``'s blocks; hashed ones become evictable, tail first."""
+        ref, lru = self.ref, self.lru
+        now = self.now_s
+        if req.kv_ref:
+            for h in reversed(req.hlist[: req.kv_ref]):
+                r = ref[h] - 1
+                ref[h] = r
+                if r == 0:
+                    lru[h] = now
+        self.blank += req.kv_priv
+        self.private -= req.kv_priv
+        req.kv_ref = 0
+        req.kv_priv = 0
+
+    # ------------------------------------------------------------------ policy actions
+
+    def pin(self, hashes: Iterable[int]) -> int:
+        """Hold resident blocks so they cannot be evicted; returns how many were pinned."""
+        done = 0
+        for h in hashes:
+            r = self.ref.get(h)
+            if r is None:
+                continue
+            if r == 0:
+                if self.lru.pop(h, None) is None:
+                    self.front.pop(h)
+            self.ref[h] = r + 1
+            self.pins[h] = self.pins.get(h, 0) + 1
+            done += 1
+        return done
+
+    def unpin(self, hashes: Iterable[int]) -> int:
+        """Release pins taken by :meth:`pin`; returns how many were released."""
+        done = 0
+        for h in hashes:
+            p = self.pins.get(h)
+            if not p:
+                continue
+            if p == 1:
+                del self.pins[h]
+            else:
+                self.pins[h] = p - 1
+            r = self.ref[h] - 1
+            self.ref[h] = r
+            if r == 0:
+                self.lru[h] = self.now_s
+            done += 1
+        return done
+
+    def demote(self, hashes: Iterable[int]) -> int:
+        """Move evictable blocks to the front of the eviction order (release early)."""
+        done = 0
+        for h in hashes:
+            t = self.lru.pop(h, None)
+            if t is not None:
+                self.front[h] = t
+                done += 1
+        return done
+
+    def offload(self, hashes: Iterable[int]) -> int:
+        """Copy resident blocks to the host tier (prefetch to host); returns blocks copied."""
+        if self.host_cap <= 0:
+            return 0
+        done = 0
+        for h in hashes:
+            if h in self.ref and h not in self.host:
+                self.host[h] = None
+                done += 1
+                if len(self.host) > self.host_cap:
+                    self.host.popitem(last=False)
+        return done
+
+    def prefetch(self, hashes: list[int]) -> int:
+        """Load host blocks into the GPU cache as evictable content; returns blocks loaded.
+
+        Stops at the first block neither resident nor on the host, so a loaded block's
+        whole prefix is resident (a block is useful only after its prefix).
+        """
+        loaded = 0
+        for h in hashes:
+            if h in self.ref:
+                continue
+            if h not in self.host or self.available() < 1:
+                break
+            if self.blank < 1:
+                self._evict(1)
+            self.blank -= 1
+            self.ref[h] = 0
+            self.lru[h] = self.now_s
+            loaded += 1
+        return loaded
+
+    # ------------------------------------------------------------------ checks
+
+    def check(self) -> None:
+        """Assert the conservation invariant and the index consistency (tests call this)."""
+        held = sum(1 for r in self.ref.values() if r > 0)
+        idle = [h for h, r in self.ref.items() if r == 0]
+        assert len(idle) == len(self.lru) + len(self.front), "evictable index out of sync"
+        assert all(h in self.lru or h in self.front for h in idle)
+        assert self.blank >= 0 and self.private >= 0
+        assert self.blank + len(self.lru) + len(self.front) + self.private + held == self.total_blocks, (
+            self.blank, len(self.lru), len(self.front), self.private, held, self.total_blocks)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counts for the time series."""
+        return {"kv_free": self.blank, "kv_cached": self.cached_blocks, "kv_used": self.used_blocks}

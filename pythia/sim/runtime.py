@@ -1,0 +1,254 @@
+"""The workflow runtime: releases jobs, issues each call when its dependencies end, records rows.
+
+A call is issued ``gap_s`` after its last dependency ends (after the job starts if it has
+none). Jobs start at their open-loop arrival times, or, in a closed loop of concurrency
+``N``, ``N`` at a time: the next job starts when one ends. A call that cannot fit a replica's
+KV cache is rejected and reported with its job and role; calls depending on it are never
+issued, and the job ends (failed) when nothing of it is left in flight.
+
+Calls beyond a pool's context length are clamped, the same way for every system: the
+output keeps at most ``context / 8`` tokens (at least 1) and the prompt keeps its first
+``context - output`` tokens, so prefixes shared between calls stay shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pythia.sim.cluster import Cluster, Pool
+from pythia.sim.costmodel import FS_PER_S
+from pythia.sim.events import ISSUE, JOB, EventQueue
+from pythia.sim.engine import Replica
+from pythia.sim.request import SimRequest
+from pythia.workflow.blocks import sequence_hashes
+from pythia.workflow.trace import Call, Job, Trace, segments
+
+CLAMP_OUTPUT_SHARE = 8  # a clamped call keeps at most context // 8 output tokens
+
+
+def cut_segments(segs: np.ndarray, tokens: int) -> np.ndarray:
+    """The first ``tokens`` tokens of a segment list."""
+    if tokens <= 0:
+        return segments([])
+    ends = np.cumsum(segs[:, 2])
+    n = int(np.searchsorted(ends, tokens, side="left")) + 1
+    out = segs[:n].copy()
+    out[-1, 2] -= int(ends[n - 1]) - tokens
+    return out
+
+
+def clamp_lengths(prompt: int, output: int, context: int) -> tuple[int, int]:
+    """Prompt and output lengths that fit ``context`` (unchanged when they already fit)."""
+    output = max(1, output)
+    if prompt + output <= context:
+        return prompt, output
+    out = min(output, max(1, context // CLAMP_OUTPUT_SHARE))
+    return min(prompt, context - out), out
+
+
+@dataclass
+class JobState:
+    """Progress of one started job."""
+
+    index: int
+    job: Job
+    start_fs: int
+    waiting_deps: list[int]
+    children: list[list[int]]
+    pending: int = 0
+    done: int = 0
+    failed: bool = False
+    end_fs: int = -1
+    call_finish: list[int] = field(default_factory=list)
+
+
+class Runtime:
+    """Jobs, their calls and the rows the run writes."""
+
+    def __init__(self, trace: Trace, cluster: Cluster, events: EventQueue) -> None:
+        self.trace = trace
+        self.cluster = cluster
+        self.events = events
+        cluster.runtime = self
+        self.block_size = cluster.flags.block_size
+        arrival = trace.arrival or {}
+        self.closed = arrival.get("process") == "closed"
+        self.concurrency = int(arrival.get("concurrency", 1)) if self.closed else 0
+        self.time_scale = float(arrival.get("time_scale", 1.0)) if arrival.get("process") == "timestamps" else 1.0
+        self.states: dict[int, JobState] = {}
+        self.next_job = 0
+        self.jobs_ended = 0
+        self.next_request_id = 0
+        self.call_rows: list[tuple[Any, ...]] = []
+        self.job_rows: list[tuple[Any, ...]] = []
+        self.rejected: list[dict[str, Any]] = []
+        self.clamped = 0
+        self.live: dict[int, SimRequest] = {}
+
+    # ------------------------------------------------------------------ jobs
+
+    def start(self) -> None:
+        """Schedule the first jobs."""
+        jobs = self.trace.jobs
+        if self.closed:
+            for _ in range(min(self.concurrency, len(jobs))):
+                self._start_job(self.next_job, 0)
+                self.next_job += 1
+        else:
+            for i, job in enumerate(jobs):
+                t = job.arrival_s if job.arrival_s is not None else 0.0
+                self.events.push(round(t * self.time_scale * FS_PER_S), JOB, i)
+            self.next_job = len(jobs)
+
+    def on_job_event(self, now: int, index: int) -> None:
+        """An open-loop job arrives."""
+        self._start_job(index, now)
+
+    def _start_job(self, index: int, now: int) -> None:
+        job = self.trace.jobs[index]
+        n = len(job.calls)
+        children: list[list[int]] = [[] for _ in range(n)]
+        for c in job.calls:
+            for d in c.deps:
+                children[d].append(c.call_id)
+        st = JobState(index, job, now, [len(set(c.deps)) for c in job.calls], children, call_finish=[-1] * n)
+        self.states[index] = st
+        for c in job.calls:
+            if not c.deps:
+                self._schedule_issue(st, c, now)
+
+    def _schedule_issue(self, st: JobState, call: Call, now: int) -> None:
+        st.pending += 1
+        self.events.push(now + round(call.gap_s * FS_PER_S), ISSUE, st.index, call.call_id)
+
+    def _end_job(self, st: JobState, now: int) -> None:
+        st.end_fs = now
+        self.jobs_ended += 1
+        job = st.job
+        depth = [0] * len(job.calls)
+        gaps = [0.0] * len(job.calls)
+        for c in job.calls:
+            if c.deps:
+                p = max(c.deps, key=lambda d: (depth[d], gaps[d]))
+                depth[c.call_id], gaps[c.call_id] = depth[p] + 1, gaps[p] + c.gap_s
+            else:
+                depth[c.call_id], gaps[c.call_id] = 1, c.gap_s
+        cp = max(range(len(job.calls)), key=lambda i: (depth[i], gaps[i]))
+        self.job_rows.append((
+            job.job_id, job.workflow_type, job.workflow_id, st.start_fs / FS_PER_S, now / FS_PER_S,
+            (now - st.start_fs) / FS_PER_S, len(job.calls), st.done, not st.failed, depth[cp], gaps[cp],
+        ))
+        del self.states[st.index]
+        if self.closed and self.next_job < len(self.trace.jobs):
+            self._start_job(self.next_job, now)
+            self.next_job += 1
+
+    # ------------------------------------------------------------------ calls
+
+    def on_issue(self, now: int, index: int, call_id: int) -> None:
+        """Issue call ``call_id`` of started job ``index``: build the request and route it."""
+        st = self.states[index]
+        job = st.job
+        call = job.calls[call_id]
+        pool = self.cluster.pool_for(call.model)
+        prompt_n, out_n = clamp_lengths(call.input_tokens, call.output_tokens, pool.context_len)
+        prompt, output = call.prompt, job.output_segments(call)
+        if (prompt_n, out_n) != (call.input_tokens, max(1, call.output_tokens)):
+            if prompt_n + out_n < call.input_tokens + call.output_tokens:
+                self.clamped += 1
+            prompt = cut_segments(prompt, prompt_n) if prompt_n < call.input_tokens else prompt
+            output = cut_segments(output, out_n) if out_n <= call.output_tokens else output
+        if len(prompt) and int(prompt[:, 2].sum()) != prompt_n:
+            prompt = segments([(job.uid, 0, prompt_n)])  # a trace without content: unique tokens
+        hashes = sequence_hashes(prompt, output if out_n <= call.output_tokens else segments([]), self.block_size)
+        req = SimRequest(
+            self.next_request_id, job_id=job.job_id, workflow_type=job.workflow_type,
+            workflow_id=job.workflow_id, agent_role=call.agent_role, agent_id=call.agent_id or call.agent_role,
+            call_id=call_id, model=call.model, prompt_tokens=prompt_n, output_tokens=out_n,
+            block_hashes=hashes, issue_fs=now, ctx=st,
+        )
+        self.next_request_id += 1
+        need = -(-(prompt_n + out_n) // self.block_size)
+        capacity = pool.cost.kv_blocks(self.block_size)
+        if need > capacity:
+            self.rejected.append({
+                "job_id": job.job_id, "call_id": call_id, "agent_role": call.agent_role, "model": call.model,
+                "pool": pool.name, "reason": f"needs {need} KV blocks, a replica holds {capacity}",
+            })
+            self._fail(st, req, now)
+            return
+        self.live[req.request_id] = req
+        self.cluster.submit(req, pool, now)
+
+    def _fail(self, st: JobState, req: SimRequest, now: int) -> None:
+        st.failed = True
+        st.pending -= 1
+        self._row(req, pool_name=self.cluster.pool_for(req.model).name, status="rejected")
+        if st.pending == 0:
+            self._end_job(st, now)
+
+    def on_call_finished(self, req: SimRequest, now: int) -> None:
+        """A call ended: release its dependants, end the job when nothing of it is left."""
+        self.live.pop(req.request_id, None)
+        st: JobState = req.ctx
+        st.done += 1
+        st.call_finish[req.call_id] = now
+        self._row(req, pool_name=self.cluster.replicas[req.replica_id].pool, status="finished")
+        for child in st.children[req.call_id]:
+            st.waiting_deps[child] -= 1
+            if st.waiting_deps[child] == 0:
+                self._schedule_issue(st, st.job.calls[child], now)
+        st.pending -= 1
+        if st.pending == 0:
+            self._end_job(st, now)
+
+    def _row(self, req: SimRequest, *, pool_name: str, status: str) -> None:
+        f = FS_PER_S
+        ttft = (req.first_token_fs - req.issue_fs) / f if req.first_token_fs >= 0 else float("nan")
+        finish = req.finish_fs / f if req.finish_fs >= 0 else float("nan")
+        tpot = ((req.finish_fs - req.first_token_fs) / f / (req.output_tokens - 1)
+                if req.finish_fs >= 0 and req.output_tokens > 1 else float("nan"))
+        self.call_rows.append((
+            req.job_id, req.call_id, req.agent_role, req.agent_id, req.workflow_type, req.model, pool_name,
+            req.replica_id, req.issue_fs / f, req.arrival_fs / f,
+            (req.sched_fs - req.arrival_fs) / f if req.sched_fs >= 0 else float("nan"), ttft, tpot, finish,
+            (finish - req.issue_fs / f) if req.finish_fs >= 0 else float("nan"),
+            req.prompt_tokens, req.output_tokens, req.cached_tokens, req.computed_tokens, req.num_preemptions, status,
+        ))
+
+    def background_request(self, segs: np.ndarray, replica: Replica, now: int) -> SimRequest | None:
+        """A background prefill of ``segs`` (a precompute action), or ``None`` if it is too long."""
+        n = int(segs[:, 2].sum()) if len(segs) else 0
+        if n < self.block_size or -(-n // self.block_size) > replica.kv.total_blocks // 2:
+            return None
+        req = SimRequest(-1, job_id="", workflow_type="", workflow_id="", agent_role="precompute", agent_id="",
+                         call_id=-1, model="", prompt_tokens=n, output_tokens=0,
+                         block_hashes=sequence_hashes(segs, segments([]), self.block_size), issue_fs=now,
+                         background=True)
+        return req
+
+    def unfinished(self, now: int) -> list[dict[str, Any]]:
+        """Rows and reasons for calls still in flight when the run stops."""
+        out = []
+        for req in sorted(self.live.values(), key=lambda r: r.request_id):
+            st: JobState = req.ctx
+            reason = "running when the simulation stopped" if req.num_computed_tokens else "waiting in a queue when the simulation stopped"
+            out.append({"job_id": req.job_id, "call_id": req.call_id, "agent_role": req.agent_role,
+                        "replica": req.replica_id, "reason": reason})
+            self._row(req, pool_name=self.cluster.pool_for(req.model).name, status="unfinished")
+            st.failed = True
+        return out
+
+
+CALL_COLUMNS = (
+    "job_id", "call_id", "agent_role", "agent_id", "workflow_type", "model", "pool", "replica", "issue_s",
+    "arrival_s", "queue_s", "ttft_s", "tpot_s", "finish_s", "latency_s", "prompt_tokens", "output_tokens",
+    "cached_tokens", "computed_tokens", "preemptions", "status",
+)
+JOB_COLUMNS = (
+    "job_id", "workflow_type", "workflow_id", "start_s", "end_s", "jct_s", "calls", "calls_completed",
+    "completed", "critical_path_calls", "critical_path_gap_s",
+)
