@@ -39,3 +39,41 @@ def test_bad_config_value_stops_before_any_job(tmp_path: Path) -> None:
     proc = _snakemake("-n", "--configfile", str(bad))
     assert proc.returncode != 0
     assert "seed" in proc.stdout + proc.stderr
+
+
+def _copy_project(dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for name in ("Snakefile", "workflow", "config", "workloads", "baselines"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name)
+        else:
+            shutil.copy2(src, dst / name)
+    return dst
+
+
+@pytest.mark.slow
+def test_smoke_run_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
+    proj = _copy_project(tmp_path / "p")
+    first = _snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=proj)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    index = (proj / "results" / "figures" / "index.md").read_text()
+    assert "jct_vs_load.png" in index
+    assert (proj / "results" / "figures" / "jct_vs_load.pdf").stat().st_size > 0
+    import pandas as pd
+
+    summaries = pd.read_parquet(proj / "results" / "tables" / "summaries.parquet")
+    assert set(summaries["workload"]) == {"coding-assistant", "deep-research"}
+    assert (summaries["jobs_completed"] == summaries["jobs_submitted"]).all()
+    again = _snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=proj)
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_unknown_system_stops_before_any_job(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("systems: [vllm, vlm]\n")
+    proc = _snakemake("-n", "--configfile", str(bad))
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "systems[1]" in out and "'vlm'" in out
