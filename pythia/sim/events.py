@@ -18,20 +18,30 @@ STEP, READY, ISSUE, JOB, TICK = 0, 1, 2, 3, 4
 class EventQueue:
     """A min-heap of events."""
 
-    __slots__ = ("_heap", "_seq")
+    __slots__ = ("_heap", "_seq", "_work")
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, int, int, int, Any]] = []
         self._seq = 0
+        self._work = 0  # pending events other than ticks
 
     def push(self, t: int, kind: int, a: int = 0, b: int = 0, payload: Any = None) -> None:
         """Schedule an event at integer time ``t`` (femtoseconds)."""
         self._seq += 1
+        if kind != TICK:
+            self._work += 1
         heapq.heappush(self._heap, (t, kind, a, b, self._seq, payload))
 
     def pop(self) -> tuple[int, int, int, int, int, Any]:
         """The earliest event."""
-        return heapq.heappop(self._heap)
+        e = heapq.heappop(self._heap)
+        if e[1] != TICK:
+            self._work -= 1
+        return e
+
+    def pending_work(self) -> int:
+        """Pending events that are not ticks (iteration ends, issues, arrivals, readiness)."""
+        return self._work
 
     def peek_time(self) -> int | None:
         """Time of the earliest event, or ``None`` when empty."""
@@ -39,7 +49,3 @@ class EventQueue:
 
     def __len__(self) -> int:
         return len(self._heap)
-
-    def kinds(self) -> set[int]:
-        """The kinds of the pending events (for stall detection)."""
-        return {e[1] for e in self._heap}

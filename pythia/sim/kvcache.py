@@ -121,27 +121,31 @@ class KVCache:
 
     def _evict(self, n: int) -> None:
         """Turn ``n`` evictable blocks into blank ones (demoted first, then LRU order)."""
-        ref, host = self.ref, self.host
-        offload = self.host_cap > 0
         if self.ranker is not None and n > len(self.front):
             self._reorder()
+        evicted: list[int] = []
         for od in (self.front, self.lru):
-            while n and od:
-                h, _ = od.popitem(last=False)
-                del ref[h]
-                self.blank += 1
-                self.evictions += 1
-                n -= 1
-                if offload:  # write-back to host DRAM on eviction
-                    if h in host:
-                        host.move_to_end(h)
-                    else:
-                        host[h] = None
-                        self.host_offloads += 1
-                        if len(host) > self.host_cap:
-                            host.popitem(last=False)
-        if n:
-            raise RuntimeError(f"KV cache asked to evict {n} blocks more than it has")
+            k = min(n - len(evicted), len(od))
+            if k:
+                pop = od.popitem
+                evicted.extend([pop(False)[0] for _ in range(k)])
+        if len(evicted) < n:
+            raise RuntimeError(f"KV cache asked to evict {n - len(evicted)} blocks more than it has")
+        ref = self.ref
+        for h in evicted:
+            del ref[h]
+        self.blank += n
+        self.evictions += n
+        if self.host_cap > 0:  # write-back to host DRAM on eviction
+            host = self.host
+            for h in evicted:
+                if h in host:
+                    host.move_to_end(h)
+                else:
+                    host[h] = None
+                    self.host_offloads += 1
+                    if len(host) > self.host_cap:
+                        host.popitem(last=False)
 
     def _reorder(self) -> None:
         keys = list(self.lru)
@@ -161,12 +165,16 @@ class KVCache:
     def acquire(self, req: Holder, k: int) -> None:
         """Take a reference on the first ``k`` hashes of ``req``'s chain (its prefix-cache hit)."""
         ref, lru, front = self.ref, self.lru, self.front
-        for h in req.hlist[req.kv_ref:k]:
-            r = ref[h]
-            if r == 0:
-                if lru.pop(h, None) is None:
-                    front.pop(h)
-            ref[h] = r + 1
+        hits = req.hlist[req.kv_ref:k]
+        refs = list(map(ref.__getitem__, hits))
+        if 0 not in refs:  # every hit block is already held by someone: bump the counts in C
+            ref.update(zip(hits, [r + 1 for r in refs]))
+        else:
+            for h, r in zip(hits, refs):
+                if r == 0:
+                    if lru.pop(h, None) is None:
+                        front.pop(h)
+                ref[h] = r + 1
         req.kv_ref = max(req.kv_ref, k)
 
     def register(self, req: Holder, upto: int) -> None:
@@ -177,7 +185,7 @@ class KVCache:
         new = req.hlist[lo:upto]
         ref = self.ref
         n = len(new)
-        if not any(map(ref.__contains__, new)):
+        if ref.keys().isdisjoint(new):
             ref.update(dict.fromkeys(new, 1))
         else:
             for h in new:
@@ -203,11 +211,17 @@ class KVCache:
         ref, lru = self.ref, self.lru
         now = self.now_s
         if req.kv_ref:
-            for h in reversed(req.hlist[: req.kv_ref]):
-                r = ref[h] - 1
-                ref[h] = r
-                if r == 0:
+            held = req.hlist[req.kv_ref - 1::-1]  # tail first: evicted before the head
+            refs = list(map(ref.__getitem__, held))
+            if refs.count(1) == len(refs):  # nobody else holds them (the common case): all in C
+                ref.update(dict.fromkeys(held, 0))
+                for h in held:  # a plain loop beats OrderedDict.update here
                     lru[h] = now
+            else:
+                for h, r in zip(held, refs):
+                    ref[h] = r - 1
+                    if r == 1:
+                        lru[h] = now
         self.blank += req.kv_priv
         self.private -= req.kv_priv
         req.kv_ref = 0

@@ -108,7 +108,7 @@ class Simulation:
                 if bar is not None and runtime.jobs_ended != last_ended:
                     bar.update(runtime.jobs_ended - last_ended)
                     last_ended = runtime.jobs_ended
-                if not ({STEP, ISSUE, JOB, READY} & ev.kinds()):
+                if not ev.pending_work():
                     self.stalled = True  # nothing can happen any more: calls stuck in queues
                     break
                 ev.push(t + sample_fs, TICK, TICK_SAMPLE)
