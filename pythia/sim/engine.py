@@ -95,6 +95,7 @@ class Replica:
         self.check_invariants = False
         self.admitted_now = 0
         self.preempted_now = False
+        self.tokens_now = 0
 
     # ------------------------------------------------------------------ views (ReplicaView)
 
@@ -235,7 +236,14 @@ class Replica:
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
-            n_new = req.num_tokens - req.num_computed_tokens
+            c = req.num_computed_tokens
+            n_new = req.prompt_tokens + req.num_output_tokens - c
+            if n_new == 1 and (c + 1) % bs > 1:
+                # A decode step inside a block: no new block, no newly full block.
+                sched[req] = 1
+                budget -= 1
+                i += 1
+                continue
             if 0 < threshold < n_new:
                 n_new = threshold
             if n_new > budget:
@@ -332,9 +340,10 @@ class Replica:
             tokens += n
             pairs += n * c + n * (n + 1) // 2
             kv_read += c + n
-            if c + n >= req.num_tokens:
+            if c + n >= req.prompt_tokens + req.num_output_tokens:
                 sampled += 1
             req.computed_tokens += n
+        self.tokens_now = tokens
         cost = self.cost.iteration_fs(tokens, len(sched), sampled, pairs, kv_read)
         if load_tokens:
             cost += load_tokens * self.cost.pcie_fs_per_token
@@ -346,7 +355,8 @@ class Replica:
         """A fast-forward run if the batch just scheduled is decode-only and cannot change."""
         sched = self.inflight
         running = self.running
-        if self.preempted_now or self.admitted_now or len(sched) != len(running) or len(running) == 0:
+        if (self.preempted_now or self.admitted_now or len(sched) != len(running) or not running
+                or self.tokens_now != len(running)):
             return None
         if self.background or (self.waiting and self.sched.dynamic):
             return None

@@ -21,11 +21,13 @@ and returns its own), which vLLM only does for the next request.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from itertools import takewhile
 from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
+
+from pythia.sim.lru import EvictionQueue
 
 
 class Holder(Protocol):
@@ -50,7 +52,7 @@ class KVCache:
         self.caching = caching
         self.blank = total_blocks
         self.ref: dict[int, int] = {}
-        self.lru: OrderedDict[int, float] = OrderedDict()
+        self.lru = EvictionQueue()
         self.front: OrderedDict[int, float] = OrderedDict()
         self.private = 0
         self.pins: dict[int, int] = {}
@@ -124,16 +126,15 @@ class KVCache:
         if self.ranker is not None and n > len(self.front):
             self._reorder()
         evicted: list[int] = []
-        for od in (self.front, self.lru):
-            k = min(n - len(evicted), len(od))
-            if k:
-                pop = od.popitem
-                evicted.extend([pop(False)[0] for _ in range(k)])
+        k = min(n, len(self.front))
+        if k:
+            pop = self.front.popitem
+            evicted.extend([pop(False)[0] for _ in range(k)])
+        if len(evicted) < n:
+            evicted.extend(self.lru.pop_oldest(n - len(evicted)))
         if len(evicted) < n:
             raise RuntimeError(f"KV cache asked to evict {n - len(evicted)} blocks more than it has")
-        ref = self.ref
-        for h in evicted:
-            del ref[h]
+        deque(map(self.ref.__delitem__, evicted), maxlen=0)  # C-level loop
         self.blank += n
         self.evictions += n
         if self.host_cap > 0:  # write-back to host DRAM on eviction
@@ -148,9 +149,10 @@ class KVCache:
                         host.popitem(last=False)
 
     def _reorder(self) -> None:
-        keys = list(self.lru)
-        order = self.ranker(keys, [self.lru[h] for h in keys])  # type: ignore[misc]
-        self.lru = OrderedDict((h, self.lru[h]) for h in order)
+        live = self.lru.in_order()
+        when = dict(live)
+        order = self.ranker([h for h, _ in live], [t for _, t in live])  # type: ignore[misc]
+        self.lru.replace_order([(h, when[h]) for h in order])
 
     def take(self, req: Holder, n: int) -> None:
         """Give ``req`` ``n`` new private blocks (evicting cached ones if needed)."""
@@ -172,7 +174,7 @@ class KVCache:
         else:
             for h, r in zip(hits, refs):
                 if r == 0:
-                    if lru.pop(h, None) is None:
+                    if not lru.discard(h):
                         front.pop(h)
                 ref[h] = r + 1
         req.kv_ref = max(req.kv_ref, k)
@@ -195,7 +197,7 @@ class KVCache:
                     continue
                 # Someone registered this content meanwhile: share theirs, return ours.
                 if r == 0:
-                    if self.lru.pop(h, None) is None:
+                    if not self.lru.discard(h):
                         self.front.pop(h)
                 ref[h] = r + 1
                 self.private -= 1
@@ -214,14 +216,12 @@ class KVCache:
             held = req.hlist[req.kv_ref - 1::-1]  # tail first: evicted before the head
             refs = list(map(ref.__getitem__, held))
             if refs.count(1) == len(refs):  # nobody else holds them (the common case): all in C
-                ref.update(dict.fromkeys(held, 0))
-                for h in held:  # a plain loop beats OrderedDict.update here
-                    lru[h] = now
-            else:
-                for h, r in zip(held, refs):
-                    ref[h] = r - 1
-                    if r == 1:
-                        lru[h] = now
+                freed = held
+            else:  # shared blocks stay held by the others; the rest become evictable in order
+                freed = [h for h, r in zip(held, refs) if r == 1]
+                ref.update([(h, r - 1) for h, r in zip(held, refs) if r > 1])
+            ref.update(dict.fromkeys(freed, 0))
+            lru.add_run(freed, now)
         self.blank += req.kv_priv
         self.private -= req.kv_priv
         req.kv_ref = 0
@@ -237,7 +237,7 @@ class KVCache:
             if r is None:
                 continue
             if r == 0:
-                if self.lru.pop(h, None) is None:
+                if not self.lru.discard(h):
                     self.front.pop(h)
             self.ref[h] = r + 1
             self.pins[h] = self.pins.get(h, 0) + 1
@@ -258,7 +258,7 @@ class KVCache:
             r = self.ref[h] - 1
             self.ref[h] = r
             if r == 0:
-                self.lru[h] = self.now_s
+                self.lru.add(h, self.now_s)
             done += 1
         return done
 
@@ -266,9 +266,8 @@ class KVCache:
         """Move evictable blocks to the front of the eviction order (release early)."""
         done = 0
         for h in hashes:
-            t = self.lru.pop(h, None)
-            if t is not None:
-                self.front[h] = t
+            if self.lru.discard(h):
+                self.front[h] = self.now_s
                 done += 1
         return done
 
@@ -301,7 +300,7 @@ class KVCache:
                 self._evict(1)
             self.blank -= 1
             self.ref[h] = 0
-            self.lru[h] = self.now_s
+            self.lru.add(h, self.now_s)
             loaded += 1
         return loaded
 
