@@ -37,6 +37,8 @@ START = "<start>"
 END = "<end>"
 START_ID = 0
 END_ID = 1
+JOIN_RATIO = 0.75  # mean 1/(dependencies) of a transition's targets below this: a join
+HAZARD_PRIOR = 2.0  # pseudo-runs pulling a run's continuation probability towards geometric
 
 State = tuple[str, int]
 
@@ -53,12 +55,15 @@ class CallPlace:
         run_pos: the call's 1-based position in its instance's run.
         continues: the call whose run this one continues, if any.
         entries: per role, how often the role was entered on this call's ancestry.
+        stage: the calls that started this call's run (its first call's predecessors):
+            parallel instances started together share it (siblings of one fan-out).
     """
 
     state: State
     run_pos: int
     continues: int | None
     entries: dict[str, int]
+    stage: tuple[int, ...] = ()
 
 
 def place_call(
@@ -72,6 +77,7 @@ def place_call(
     """The :class:`CallPlace` of a call given its predecessors' places."""
     entries: dict[str, int] = {}
     cont: int | None = None
+    preds = tuple(preds)
     for p in preds:
         pe = places[p].entries
         for r, n in pe.items():
@@ -81,10 +87,10 @@ def place_call(
             cont = p
     if cont is not None:
         prev = places[cont]
-        return CallPlace(prev.state, prev.run_pos + 1, cont, entries)
+        return CallPlace(prev.state, prev.run_pos + 1, cont, entries, prev.stage)
     visit = entries.get(role, 0)
     entries[role] = visit + 1
-    return CallPlace((role, min(visit, max_unroll - 1)), 1, None, entries)
+    return CallPlace((role, min(visit, max_unroll - 1)), 1, None, entries, preds)
 
 
 def predecessors(deps: Iterable[int], parent: int | None) -> tuple[int, ...]:
@@ -101,13 +107,15 @@ class JobDecomposition:
 
     ``events`` holds ``(source, target, width, join_mass, source_call)`` with source
     ``START`` for the roots (``source_call`` -1) and target ``END`` for calls with no
-    dependents; ``runs`` holds ``(state, length)`` per finished run.
+    dependents; ``runs`` holds ``(state, length)`` per finished run; ``stages`` holds
+    ``(state, width)`` per group of runs started together.
     """
 
     places: list[CallPlace]
     events: list[tuple[State | str, State | str, int, float, int]]
     runs: list[tuple[State, int]]
     successors: list[list[int]]
+    stages: list[tuple[State, int]]
 
 
 def decompose(job: Job, max_unroll: int) -> JobDecomposition:
@@ -146,7 +154,12 @@ def decompose(job: Job, max_unroll: int) -> JobDecomposition:
         for st, ds in sorted(groups.items()):
             mass = sum(1.0 / len(preds[d]) for d in ds)
             events.append((src, st, len(ds), mass, i))
-    return JobDecomposition(places, events, runs, succ)
+    widths: dict[tuple[State, tuple[int, ...]], int] = {}
+    for pl in places:
+        if pl.continues is None:
+            widths[(pl.state, pl.stage)] = widths.get((pl.state, pl.stage), 0) + 1
+    stages = [(st, w) for (st, _), w in widths.items()]
+    return JobDecomposition(places, events, runs, succ, stages)
 
 
 # --------------------------------------------------------------------------- counts
@@ -163,6 +176,8 @@ class PFACounts:
     mass: dict[tuple[int, int], float] = field(default_factory=dict)
     widths: dict[tuple[int, int], dict[int, float]] = field(default_factory=dict)
     runs: dict[int, dict[int, float]] = field(default_factory=dict)
+    stages: dict[int, float] = field(default_factory=dict)
+    targets: dict[tuple[int, int], float] = field(default_factory=dict)
     jobs: float = 0.0
     version: int = 0
 
@@ -188,9 +203,13 @@ class PFACounts:
             self.mass[key] = self.mass.get(key, 0.0) + m * weight
             wd = self.widths.setdefault(key, {})
             wd[w] = wd.get(w, 0.0) + weight
+            self.targets[key] = self.targets.get(key, 0.0) + w * weight
         for st, length in dec.runs:
             rd = self.runs.setdefault(self.state_id(st), {})
             rd[length] = rd.get(length, 0.0) + weight
+        for st, _ in dec.stages:
+            i = self.state_id(st)
+            self.stages[i] = self.stages.get(i, 0.0) + weight
         self.jobs += weight
         self.version += 1
 
@@ -201,11 +220,13 @@ class PFACounts:
             self.mass.clear()
             self.widths.clear()
             self.runs.clear()
+            self.stages.clear()
+            self.targets.clear()
             self.jobs = 0.0
         else:
-            for d in (self.exits, self.mass):
-                for k in d:
-                    d[k] *= keep
+            for d in (self.exits, self.mass, self.targets, self.stages):
+                for k in d:  # type: ignore[attr-defined]
+                    d[k] *= keep  # type: ignore[index]
             for nested in (*self.widths.values(), *self.runs.values()):
                 for k in nested:
                     nested[k] *= keep
@@ -327,6 +348,8 @@ class CompiledPFA:
         self.hazard: list[np.ndarray] = [np.zeros(1) for _ in range(S)]
         self.residual: list[np.ndarray] = [np.zeros(1) for _ in range(S)]
         self.run_dist: list[dict[int, float]] = [{} for _ in range(S)]
+        self.tail_hazard = np.zeros(S)  # beyond the longest run seen: geometric
+        self.tail_residual = np.zeros(S)
         for s, dist in counts.runs.items():
             self._compile_runs(s, dist)
         self.mean_run[START_ID] = 0.0
@@ -359,12 +382,24 @@ class CompiledPFA:
         self.Y[:, END_ID] = 0.0
         self.widths = {k: dict(v) for k, v in counts.widths.items()}
         self.jobs = counts.jobs
+        # A join (targets depending on several of the stage's runs) is credited per stage,
+        # not per run: the stage's mean width times the per-run credit.
+        self.join = np.zeros((S, S), dtype=bool)
+        for key, n_t in counts.targets.items():
+            if n_t > 0 and counts.mass[key] / n_t < JOIN_RATIO:
+                self.join[key] = True
+        self.stage_width = np.ones(S)
+        for st, n in counts.stages.items():
+            if n > 0:
+                self.stage_width[st] = self.run_count[st] / n
         self._solve_expectations()
         R = np.zeros((S, len(self.roles)))
         for s in range(2, S):
             R[s, self.role_of[s]] = 1.0
         self.P_role = self.P_exit @ R  # per state: P(next run is of role r), summed over visits
         self.Y_role = self.Y @ R  # per state: join-credited calls of role r started per run
+        self.Y_role_run = np.where(self.join, 0.0, self.Y) @ R
+        self.Y_role_stage = (np.where(self.join, self.Y, 0.0) @ R) * self.stage_width[:, None]
         self._compile_projection(max_horizon)
         self._compile_surprise()
         self._regex: str | None = None
@@ -383,15 +418,22 @@ class CompiledPFA:
         self.run_count[s] = total
         self.mean_run[s] = float((np.arange(Lmax + 2) * w).sum() / total)
         self.run_dist[s] = {L: c / total for L, c in items}
-        # at_least[n] = weight of runs with L >= n; index n = 1..Lmax+1
+        # at_least[n] = weight of runs with L >= n. The empirical hazard is shrunk towards the
+        # geometric one (1 - 1 / mean length) with HAZARD_PRIOR pseudo-runs, so a position seen
+        # in a few runs never gets a certain 0 or 1.
         at_least = np.cumsum(w[::-1])[::-1]
-        longer_len = np.cumsum((np.arange(Lmax + 2) * w)[::-1])[::-1]  # sum L over L >= n
-        n = np.arange(Lmax + 2)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            hz = np.where(at_least > 0, np.append(at_least[1:], 0.0) / at_least, 0.0)
-            res = np.where(at_least > 0, longer_len / at_least - n, 0.0)
+        prior = 1.0 - 1.0 / self.mean_run[s]
+        cont = np.append(at_least[1:], 0.0)
+        hz = (cont + HAZARD_PRIOR * prior) / (at_least + HAZARD_PRIOR)
+        hz[0] = prior
+        res = np.zeros(Lmax + 3)
+        res[Lmax + 2] = prior / (1.0 - prior) if prior < 1.0 else 0.0
+        for n in range(Lmax + 1, 0, -1):  # residual(n) = hazard(n) * (1 + residual(n + 1))
+            res[n] = hz[n] * (1.0 + res[n + 1])
         self.hazard[s] = hz
-        self.residual[s] = np.maximum(res, 0.0)
+        self.residual[s] = res[: Lmax + 2]
+        self.tail_hazard[s] = prior
+        self.tail_residual[s] = float(res[Lmax + 2])
 
     def _solve_expectations(self) -> None:
         S = self.n_states
@@ -409,6 +451,9 @@ class CompiledPFA:
         self.F = F  # expected calls descending from a fresh run (its own calls included)
         self.after_run = self.P_exit @ h  # expected path calls after a run ends
         self.spawned = self.Y @ F  # expected calls caused by a run's transitions
+        # The same split by kind: per run (free fan-out) and per stage (joins).
+        self.spawned_run = np.where(self.join, 0.0, self.Y) @ F
+        self.spawned_stage = (np.where(self.join, self.Y, 0.0) @ F) * self.stage_width
         self.h[START_ID] = self.after_run[START_ID]
         self.F[START_ID] = self.spawned[START_ID]
 
@@ -434,18 +479,22 @@ class CompiledPFA:
         self.projection = cum
 
     def _compile_surprise(self) -> None:
-        """Per-state smoothed transition surprise, centred by the state's entropy (drift)."""
+        """Per-state transition surprise ``-log p(t|s) - H(s)`` for drift detection.
+
+        Raw empirical probabilities, not smoothed ones: a smoothed surprise shifts as counts
+        grow, which a change detector would mistake for drift. A target never seen from a
+        state gets the surprise of probability ``1 / (n + 1)``. Only informative events
+        (a state with several targets, or an unseen target) are monitored.
+        """
         S = self.n_states
-        sm = self.exit_counts + 0.5 * (self.exit_counts.sum(axis=1, keepdims=True) > 0)
-        sm = sm / np.maximum(sm.sum(axis=1, keepdims=True), 1e-12)
-        with np.errstate(divide="ignore"):
-            logp = np.where(sm > 0, -np.log(sm), 0.0)
-        H = (sm * logp).sum(axis=1)
+        n = self.exit_counts.sum(axis=1)
+        p = self.P_exit_raw
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logp = np.where(p > 0, -np.log(np.where(p > 0, p, 1.0)), 0.0)
+        H = (p * logp).sum(axis=1)
         self.surprise = logp - H[:, None]
-        self.surprise_unseen = np.array(
-            [-np.log(0.5 / (self.exit_counts[s].sum() + 0.5 * S)) - H[s] if self.exit_counts[s].sum() > 0 else 0.0
-             for s in range(S)]
-        )
+        self.surprise_unseen = np.log(n + 1.0) - H
+        self.informative = (p > 0).sum(axis=1) >= 2
         logL = np.zeros(S)
         sdL = np.ones(S)
         for s in range(2, S):
@@ -467,12 +516,12 @@ class CompiledPFA:
     def hazard_at(self, s: int, n: int) -> float:
         """P(the run of a call at position ``n`` of state ``s`` continues)."""
         hz = self.hazard[s]
-        return float(hz[n]) if n < len(hz) else 0.0
+        return float(hz[n]) if n < len(hz) else float(self.tail_hazard[s])
 
     def residual_at(self, s: int, n: int) -> float:
         """Expected further calls of a run whose ``n``-th call has been issued."""
         res = self.residual[s]
-        return float(res[n]) if n < len(res) else 0.0
+        return float(res[n]) if n < len(res) else float(self.tail_residual[s])
 
     def name(self, s: int) -> str:
         """The role of state ``s`` (``<start>``/``<end>`` for the pseudo-states)."""

@@ -303,12 +303,14 @@ class Profiler:
             if src == "<start>":
                 continue
             s = pfa.index.get(src)  # type: ignore[arg-type]
-            if s is None:
+            if s is None:  # a role or visit never seen before
                 surprise.append(clip)
                 continue
             d = END_ID if dst == "<end>" else pfa.index.get(dst)  # type: ignore[arg-type]
-            surprise.append(float(pfa.surprise[s, d]) if d is not None and pfa.exit_counts[s, d] > 0
-                            else float(pfa.surprise_unseen[s]))
+            if d is None or pfa.exit_counts[s, d] <= 0:
+                surprise.append(float(pfa.surprise_unseen[s]))
+            elif pfa.informative[s]:
+                surprise.append(float(pfa.surprise[s, d]))
         runs = []
         for st, length in dec.runs:
             s = pfa.index.get(st)
@@ -403,16 +405,16 @@ class Profiler:
         job.memo["predict"] = (pfa.version, job.version, out)
         return out
 
-    def _frontier(self, job: RunningJob, pfa: CompiledPFA) -> list[tuple[int, int, bool, str | None]]:
-        """``(state id, run position, running, agent)`` per leaf; ``<start>`` for an empty job."""
+    def _frontier(self, job: RunningJob, pfa: CompiledPFA) -> list[tuple[int, int, bool, str | None, tuple[int, ...]]]:
+        """``(state id, run position, running, agent, stage)`` per leaf; ``<start>`` for an empty job."""
         if not job.calls:
-            return [(START_ID, 0, False, None)]
+            return [(START_ID, 0, False, None, ())]
         out = []
         for i in job.leaves:
             rc = job.calls[i]
             sid = _resolve(pfa, rc.place.state)
             if sid is not None:
-                out.append((sid, rc.place.run_pos, not rc.finished, rc.agent_id))
+                out.append((sid, rc.place.run_pos, not rc.finished, rc.agent_id, rc.place.stage))
         return out
 
     def _predict(self, job: RunningJob, pfa: CompiledPFA) -> JobPrediction | None:
@@ -425,7 +427,10 @@ class Profiler:
         remaining = 0.0
         distance = 0.0
         p_end = 1.0
-        for sid, pos, running, _ in frontier:
+        # Leaves of one stage (siblings of a fan-out) share its joins: credit those once,
+        # weighted by the share of the stage's runs that may still end.
+        stage_exit: dict[tuple[int, tuple[int, ...]], list[float]] = {}
+        for sid, pos, running, _, stage in frontier:
             if sid == START_ID:
                 hz = res = 0.0
                 remaining += pfa.F[START_ID]
@@ -433,10 +438,11 @@ class Profiler:
             else:
                 hz = pfa.hazard_at(sid, pos)
                 res = pfa.residual_at(sid, pos)
-                remaining += res + pfa.spawned[sid]
+                remaining += res + pfa.spawned_run[sid]
                 distance = max(distance, float(running) + res + pfa.after_run[sid])
+                stage_exit.setdefault((sid, stage), []).append(1.0 - hz)
             p_leaf = (1.0 - hz) * pfa.P_role[sid]
-            c_leaf = (1.0 - hz) * pfa.Y_role[sid]
+            c_leaf = (1.0 - hz) * (pfa.Y_role_run[sid] if sid != START_ID else pfa.Y_role[sid])
             if sid != START_ID:
                 r = pfa.role_of[sid]
                 p_leaf[r] += hz
@@ -444,6 +450,9 @@ class Profiler:
             not_role *= 1.0 - np.minimum(p_leaf, 1.0)
             count += c_leaf
             p_end *= (1.0 - hz) * pfa.P_exit[sid, END_ID]
+        for (sid, _), exits in stage_exit.items():
+            remaining += pfa.spawned_stage[sid]
+            count += pfa.Y_role_stage[sid] * (sum(exits) / len(exits))
         prob = 1.0 - not_role
         order = sorted((i for i in range(n_roles) if prob[i] > 1e-12), key=lambda i: (-prob[i], pfa.roles[i]))
         return JobPrediction(
@@ -473,7 +482,7 @@ class Profiler:
             c[0] = max(c[0], p)
             c[1] += calls
 
-        for sid, pos, _, agent in self._frontier(job, pfa):
+        for sid, pos, _, agent, _ in self._frontier(job, pfa):
             hz = 0.0 if sid == START_ID else pfa.hazard_at(sid, pos)
             if hz > 0 and agent is not None:
                 note(pfa.name(sid), agent, hz, hz)
@@ -521,7 +530,7 @@ class Profiler:
             raise PythiaInputError(f"projection horizon={horizon} must be between 1 and max_horizon={self.config.max_horizon}")
         pfa = t.pfa()
         acc = np.zeros(len(pfa.roles))
-        for sid, _, _, _ in self._frontier(job, pfa):
+        for sid, _, _, _, _ in self._frontier(job, pfa):
             acc += pfa.projection[horizon, sid]
         return {r: float(acc[i]) for i, r in enumerate(pfa.roles)}
 

@@ -8,7 +8,8 @@ it is issued), asking the profiler what a policy would ask:
   a transition, or ``<end>``); top-1 is right when some call that depends on it has that role
   (``<end>`` when none does). The log-likelihood of the observed targets is averaged per
   transition (pruned transitions get probability 1e-6 and are counted);
-- *remaining calls* and *distance to the end* after each issue, against the truth;
+- *remaining calls* and *distance to the end* after each issue, against the truth (and, for
+  remaining calls, against the structure-blind guess "mean calls per job minus calls issued");
 - *output bound* per role: the share of calls whose output length stays under the bound;
 - *prompt prefix*: for each call, the prefix predicted from the job's state just before it
   (given its role and instance) against its actual prompt, in tokens.
@@ -52,6 +53,7 @@ class _Acc:
         self.rem_err: list[float] = []
         self.rem_true: list[float] = []
         self.rem_pred: list[float] = []
+        self.rem_base_err: list[float] = []
         self.dist_err: list[float] = []
         self.dist_true: list[float] = []
         self.dist_pred: list[float] = []
@@ -117,6 +119,8 @@ def _replay(prof: Profiler, job: Job, acc: _Acc) -> None:
     depth = _depth_to_end(job, succ)
     rj = prof.begin_job(job.job_id, wt, job.workflow_id)
     n = len(job.calls)
+    stats = prof.type_stats(wt)
+    mean_calls = stats.mean_calls if stats is not None else 0.0
     for i, c in enumerate(job.calls):
         for p in sorted(set(c.deps) | ({c.parent} if c.parent is not None else set())):
             if not rj.calls[p].finished:
@@ -141,6 +145,7 @@ def _replay(prof: Profiler, job: Job, acc: _Acc) -> None:
             acc.rem_err.append(abs(jp.expected_remaining_calls - true_rem))
             acc.rem_true.append(true_rem)
             acc.rem_pred.append(jp.expected_remaining_calls)
+            acc.rem_base_err.append(abs(max(mean_calls - (i + 1), 0.0) - true_rem))
             acc.dist_err.append(abs(jp.expected_distance - true_dist))
             acc.dist_true.append(true_dist)
             acc.dist_pred.append(jp.expected_distance)
@@ -206,6 +211,7 @@ def _type_report(prof: Profiler, wt: str, jobs: list[Job]) -> dict[str, Any]:
             "mae": float(np.mean(acc.rem_err)) if acc.rem_err else None,
             "mean_true": float(np.mean(acc.rem_true)) if acc.rem_true else None,
             "corr": _corr(acc.rem_pred, acc.rem_true),
+            "baseline_mae": float(np.mean(acc.rem_base_err)) if acc.rem_base_err else None,
         },
         "distance_to_end": {
             "mae": float(np.mean(acc.dist_err)) if acc.dist_err else None,
