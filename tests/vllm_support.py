@@ -1,0 +1,256 @@
+"""Helpers for tests that build vLLM's real scheduler on the CPU (no model runs).
+
+A scheduler is built from a ``VllmConfig`` whose ``ModelConfig`` reads the tiny model's
+``config.json`` with ``skip_tokenizer_init``, and a KV pool of a few hundred blocks. Steps
+are driven with fake ``ModelRunnerOutput``s: every request whose prompt is fully computed
+samples one token per step. Every driving loop has a step cap.
+
+Also the hook objects tests load by name (``vllm_support:...``) through the plugin's real
+``--additional-config`` route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from pythia.serve.adapter import Hooks, PriorityScheduling
+
+SAMPLED_TOKEN = 100
+_HASH_READY = False
+
+
+def make_scheduler(
+    cls: type,
+    model_dir: Path,
+    *,
+    num_blocks: int = 256,
+    block_size: int = 16,
+    max_num_seqs: int = 16,
+    max_num_batched_tokens: int = 256,
+    enable_prefix_caching: bool = True,
+    pythia: dict[str, Any] | None = None,
+) -> Any:
+    """A real vLLM scheduler of class ``cls`` over a KV pool of ``num_blocks`` blocks."""
+    import torch
+    from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+    from vllm.v1.structured_output import StructuredOutputManager
+
+    model_config = ModelConfig(model=str(model_dir), skip_tokenizer_init=True, max_model_len=4096, dtype="float32", seed=0)
+    scheduler_config = SchedulerConfig(
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_model_len=4096,
+        is_encoder_decoder=False,
+        enable_chunked_prefill=True,
+    )
+    cache_config = CacheConfig(block_size=block_size, cache_dtype="auto", enable_prefix_caching=enable_prefix_caching)
+    vllm_config = VllmConfig(
+        scheduler_config=scheduler_config,
+        model_config=model_config,
+        cache_config=cache_config,
+        device_config=DeviceConfig("cpu"),
+        additional_config={"pythia": pythia} if pythia is not None else {},
+    )
+    kv_cache_config = KVCacheConfig(
+        num_blocks=num_blocks,
+        kv_cache_tensors=[],
+        kv_cache_groups=[
+            KVCacheGroupSpec(["layer"], FullAttentionSpec(block_size=block_size, num_kv_heads=1, head_size=64, dtype=torch.float32))
+        ],
+    )
+    cache_config.num_gpu_blocks = num_blocks
+    return cls(
+        vllm_config=vllm_config,
+        kv_cache_config=kv_cache_config,
+        block_size=block_size,
+        log_stats=True,
+        structured_output_manager=StructuredOutputManager(vllm_config),
+    )
+
+
+def make_request(
+    rid: str,
+    prompt: Sequence[int],
+    max_tokens: int,
+    extra_args: dict[str, Any] | None = None,
+    *,
+    block_size: int = 16,
+    arrival_time: float | None = None,
+    priority: int = 0,
+) -> Any:
+    """A vLLM ``Request`` with block hashes (sha256, as the engine computes them)."""
+    global _HASH_READY
+    from vllm.sampling_params import SamplingParams
+    from vllm.utils.hashing import sha256
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+    from vllm.v1.request import Request
+
+    if not _HASH_READY:
+        init_none_hash(sha256)
+        _HASH_READY = True
+    params = SamplingParams(max_tokens=max_tokens, min_tokens=max_tokens, ignore_eos=True, extra_args=extra_args)
+    return Request(
+        request_id=rid,
+        prompt_token_ids=list(prompt),
+        sampling_params=params,
+        pooling_params=None,
+        arrival_time=arrival_time,
+        priority=priority,
+        block_hasher=get_request_block_hasher(block_size, sha256),
+    )
+
+
+def annotation(role: str, job: str = "job-0", step: int | None = None, wtype: str = "coding-assistant") -> dict[str, Any]:
+    """The ``extra_args`` of an annotated call."""
+    out: dict[str, Any] = {"pythia.workflow_type": wtype, "pythia.workflow_id": job, "pythia.agent_role": role}
+    if step is not None:
+        out["pythia.step"] = step
+    return out
+
+
+def tokens(seed: int, n: int, low: int = 10, high: int = 4000) -> list[int]:
+    """``n`` pseudo-random token ids (distinct seeds give prompts sharing no block)."""
+    return np.random.default_rng(seed).integers(low, high, size=n).tolist()
+
+
+@dataclass
+class Step:
+    """What one scheduler step did."""
+
+    new: list[str]
+    new_computed: dict[str, int]
+    scheduled: dict[str, int]
+    preempted: list[str]
+    finished: list[str] = field(default_factory=list)
+
+
+def run_step(sched: Any) -> Step:
+    """One ``schedule()`` plus a fake model output (one token for each request past its prompt)."""
+    from vllm.v1.outputs import ModelRunnerOutput
+
+    out = sched.schedule()
+    ids = list(out.num_scheduled_tokens)
+    sampled = []
+    for rid in ids:
+        req = sched.requests[rid]
+        sampled.append([SAMPLED_TOKEN] if req.num_computed_tokens >= req.num_tokens else [])
+    before = set(sched.requests)
+    if ids:
+        mro = ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled)
+        sched.update_from_output(out, mro)
+    return Step(
+        new=[r.req_id for r in out.scheduled_new_reqs],
+        new_computed={r.req_id: r.num_computed_tokens for r in out.scheduled_new_reqs},
+        scheduled=dict(out.num_scheduled_tokens),
+        preempted=sorted(out.preempted_req_ids),
+        finished=sorted(before - set(sched.requests)),
+    )
+
+
+def drive(sched: Any, max_steps: int = 2000, on_step: Callable[[Step], None] | None = None) -> list[Step]:
+    """Step until no request is left; fails past ``max_steps`` (a bug, not a slow test)."""
+    steps: list[Step] = []
+    for _ in range(max_steps):
+        if not sched.has_requests():
+            return steps
+        st = run_step(sched)
+        steps.append(st)
+        if on_step is not None:
+            on_step(st)
+    raise AssertionError(f"the scheduler still had requests after {max_steps} steps")
+
+
+# --------------------------------------------------------------------------- hooks loaded by name
+
+
+class BoostableRoles(PriorityScheduling):
+    """Role order with a per-role boost the test changes while calls wait (exercises refresh)."""
+
+    name = "boostable"
+    dynamic = True
+
+    def __init__(self) -> None:
+        self.rank = {"verifier": 0, "engineer": 1, "planner": 2}
+        self.boost: dict[str, float] = {}
+
+    def priority(self, req: Any, now: float) -> float:
+        return self.rank.get(req.agent_role, 3) - self.boost.get(req.agent_role, 0.0)
+
+
+class Aging(PriorityScheduling):
+    """Role rank minus waiting time / 10 s: a call waiting long enough overtakes better roles."""
+
+    name = "aging"
+    dynamic = True
+
+    def priority(self, req: Any, now: float) -> float:
+        rank = {"verifier": 0, "engineer": 1, "planner": 2}.get(req.agent_role, 3)
+        return rank - (now - req.arrival_s) / 10.0
+
+
+class FirstAdmittedVictim:
+    """FCFS queue, but preempt the *earliest* admitted running call (stock vLLM takes the latest)."""
+
+    name = "first-admitted-victim"
+    dynamic = False
+
+    def __init__(self) -> None:
+        from pythia.serve.adapter import FCFSQueue
+
+        self._queue_cls = FCFSQueue
+        self.choices: list[str] = []
+
+    def new_queue(self) -> Any:
+        return self._queue_cls()
+
+    def victim(self, running: Sequence[Any], now: float) -> Any:
+        self.choices.append(running[0].engine_request_id)
+        return running[0]
+
+
+@dataclass
+class PinRoleCache:
+    """Pins the first ``prefix_blocks`` blocks of every finished call of ``role``."""
+
+    role: str = "planner"
+    prefix_blocks: int = 4
+    name: str = "pin-role"
+    finished: list[str] = field(default_factory=list)
+
+    def on_finish(self, req: Any, replica: Any, now: float) -> list[Any]:
+        from types import SimpleNamespace
+
+        self.finished.append(req.engine_request_id)
+        if req.agent_role != self.role:
+            return []
+        return [SimpleNamespace(kind="pin", hashes=req.block_hashes[: self.prefix_blocks])]
+
+    def on_tick(self, replicas: Sequence[Any], now: float) -> list[Any]:
+        return []
+
+
+def boostable() -> Hooks:
+    """Hooks factory for ``vllm_support:boostable``."""
+    return Hooks(scheduling=BoostableRoles(), source="vllm_support:boostable")
+
+
+def aging() -> Hooks:
+    """Hooks factory for ``vllm_support:aging``."""
+    return Hooks(scheduling=Aging(), source="vllm_support:aging")
+
+
+def first_admitted_victim() -> Hooks:
+    """Hooks factory for ``vllm_support:first_admitted_victim``."""
+    return Hooks(scheduling=FirstAdmittedVictim(), source="vllm_support:first_admitted_victim")
+
+
+def pin_planner() -> Hooks:
+    """Hooks factory for ``vllm_support:pin_planner``: FCFS plus pins of planner prefixes."""
+    from pythia.serve.adapter import FCFSScheduling
+
+    return Hooks(scheduling=FCFSScheduling(), cache=PinRoleCache(), source="vllm_support:pin_planner")
