@@ -34,8 +34,8 @@ class ProfilerConfig:
         drift_threshold: the CUSUM decision threshold (``h``), in standard deviations.
         drift_warmup: output lengths a role's detector uses to estimate its reference mean
             and spread before it may fire.
-        drift_warmup_jobs: jobs the transition detectors (one observation per job) use to
-            estimate their reference before they may fire.
+        drift_warmup_jobs: jobs past ``min_jobs`` from which the reference automaton of the
+            transition and run-length detectors is learned before they start.
         drift_clip: standardised observations are clipped to +/- this, so one outlier
             cannot fire the detector alone.
         drift_keep: on drift, old history is multiplied by this weight (transition counts) or
@@ -58,9 +58,9 @@ class ProfilerConfig:
     max_length_samples: int = 20_000
     drift: bool = True
     drift_allowance: float = 0.5
-    drift_threshold: float = 10.0
-    drift_warmup: int = 100
-    drift_warmup_jobs: int = 30
+    drift_threshold: float = 15.0
+    drift_warmup: int = 300
+    drift_warmup_jobs: int = 50
     drift_clip: float = 4.0
     drift_keep: float = 0.0
     fixed_min_jobs: int = 2

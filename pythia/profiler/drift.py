@@ -9,15 +9,21 @@ A detector first watches ``warmup`` observations to estimate the stream's refere
 
 and the detector fires when either exceeds ``h``. ``k`` (the allowance) ignores shifts
 smaller than ``k`` standard deviations; ``h`` trades false alarms against detection delay.
-For a Gaussian stream, ``k = 0.5, h = 10`` gives an average run of about 10^5 observations
-between false alarms per side, and detects a one-standard-deviation shift after about 22.
+For a Gaussian stream, ``k = 0.5`` and ``h = 15`` (the defaults) give an average run of
+about 10^7 observations between false alarms (``h = 10``: about 3 * 10^4, too few for a
+role that makes tens of thousands of calls) and detect a one-standard-deviation shift after
+about 32 observations.
 The index at which the firing sum last left zero estimates the change point, so the caller
 can keep only the observations after it.
 
 The profiler monitors, per workflow type, ``log(1 + output_tokens)`` per role (output
-lengths are heavy-tailed; the log makes them close to Gaussian) and the surprise of each
-observed transition under the current automaton, ``-log P(target | state) - H(state)``
-(zero mean while the automaton is right, whichever way the frequencies move).
+lengths are heavy-tailed; the log makes them close to Gaussian), and per finished job two
+scores against a *reference* automaton frozen when monitoring starts: the summed surprise
+of its transitions, ``sum(-log P(target | state) - H(state))``, divided by the square root of
+the summed variances the reference predicts (zero mean and unit variance while the
+reference is right, whichever way the frequencies move), and the mean standardised log run
+length, scaled the same way. These two arrive standardised, so their detectors need no
+warm-up.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ class PageHinkley:
     Args:
         allowance: ``k``, in reference standard deviations.
         threshold: ``h``, in reference standard deviations.
-        warmup: observations used to estimate the reference before the detector may fire.
+        warmup: observations used to estimate the reference before the detector may fire;
+            0 for a stream already standardised (reference mean 0, standard deviation 1).
         clip: standardised observations are clipped to ``[-clip, clip]``.
     """
 
@@ -51,7 +58,7 @@ class PageHinkley:
         self._n = 0
         self._mean = 0.0
         self._m2 = 0.0
-        self._sigma = 0.0
+        self._sigma = 1.0 if self.warmup == 0 else 0.0
         self._up = 0.0
         self._down = 0.0
         self._t = 0

@@ -493,6 +493,7 @@ class CompiledPFA:
             logp = np.where(p > 0, -np.log(np.where(p > 0, p, 1.0)), 0.0)
         H = (p * logp).sum(axis=1)
         self.surprise = logp - H[:, None]
+        self.surprise_var = np.maximum((p * logp**2).sum(axis=1) - H**2, 0.0)
         self.surprise_unseen = np.log(n + 1.0) - H
         self.informative = (p > 0).sum(axis=1) >= 2
         logL = np.zeros(S)

@@ -173,11 +173,12 @@ class _TypeState:
         self.templates = TemplateCounts(cfg.fixed_min_jobs, cfg.head_segments)
         self.lengths: dict[str, LengthStats] = {}
         self.len_det: dict[str, PageHinkley] = {}
-        self.exit_det = self._detector(cfg.drift_warmup_jobs)
-        self.run_det = self._detector(cfg.drift_warmup_jobs)
+        self.exit_det = self._detector(0)  # fed standardised scores
+        self.run_det = self._detector(0)
         self.stats = TypeStatsAcc()
         self.drift: list[DriftEvent] = []
         self._pfa: CompiledPFA | None = None
+        self.ref_pfa: CompiledPFA | None = None  # the drift detectors' reference
         self._tmpl: CompiledTemplates | None = None
         self._model: WorkflowModel | None = None
         self._model_key: tuple[int, int, int] | None = None
@@ -295,35 +296,55 @@ class Profiler:
             t.drift.append(DriftEvent(workflow_type, "output_length", agent_role, t.stats.jobs, since))
 
     def _structure_drift(self, t: _TypeState, dec: JobDecomposition) -> None:
-        """Feed one job's mean transition surprise and run-length score to the detectors."""
-        pfa = t.pfa()
-        clip = self.config.drift_clip
-        surprise = []
+        """Feed one job's transition surprise and run-length score to the detectors.
+
+        Both are measured against a *reference* automaton, frozen when monitoring starts and
+        refreshed when the history doubles: against the live automaton, which keeps learning,
+        a change would partly explain itself away.
+        """
+        if t.ref_pfa is None or t.counts.jobs >= 2 * t.ref_pfa.jobs:
+            # The reference is learned from drift_warmup_jobs jobs past min_jobs and refreshed
+            # each time the history doubles: its own estimation noise, large at first, would
+            # otherwise look like drift (a skewed score accumulates towards the threshold).
+            if t.counts.jobs < self.config.min_jobs + self.config.drift_warmup_jobs:
+                return
+            t.ref_pfa = t.pfa()
+            t.exit_det.reset()
+            t.run_det.reset()
+        pfa = t.ref_pfa
+        unseen_state = math.log(pfa.jobs + 1.0)  # a state the reference never reached
+        surprise = 0.0
+        variance = 0.0
         for src, dst, _, _, _ in dec.events:
             if src == "<start>":
                 continue
             s = pfa.index.get(src)  # type: ignore[arg-type]
-            if s is None:  # a role or visit never seen before
-                surprise.append(clip)
+            if s is None:
+                surprise += unseen_state
+                variance += 1.0
                 continue
             d = END_ID if dst == "<end>" else pfa.index.get(dst)  # type: ignore[arg-type]
             if d is None or pfa.exit_counts[s, d] <= 0:
-                surprise.append(float(pfa.surprise_unseen[s]))
+                surprise += float(pfa.surprise_unseen[s])
+                variance += max(float(pfa.surprise_var[s]), 1.0)
             elif pfa.informative[s]:
-                surprise.append(float(pfa.surprise[s, d]))
+                surprise += float(pfa.surprise[s, d])
+                variance += float(pfa.surprise_var[s])
         runs = []
         for st, length in dec.runs:
             s = pfa.index.get(st)
-            runs.append(clip if s is None else (math.log(length) - pfa.run_log_mean[s]) / pfa.run_log_sd[s])
+            if s is not None and pfa.run_count[s] > 0:
+                runs.append((math.log(length) - pfa.run_log_mean[s]) / pfa.run_log_sd[s])
         fired = []
-        if surprise and (since := t.exit_det.update(float(np.mean(surprise)))) is not None:
+        if variance > 0 and (since := t.exit_det.update(surprise / math.sqrt(variance))) is not None:
             fired.append(("transitions", since))
-        if runs and (since := t.run_det.update(float(np.mean(runs)))) is not None:
+        if runs and (since := t.run_det.update(float(np.sum(runs)) / math.sqrt(len(runs)))) is not None:
             fired.append(("run_lengths", since))
         if fired:
             t.counts.scale(self.config.drift_keep)
             t.exit_det.reset()
             t.run_det.reset()
+            t.ref_pfa = None
             for kind, since in fired:
                 t.drift.append(DriftEvent(t.name, kind, None, t.stats.jobs, since))
 
