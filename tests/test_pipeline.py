@@ -43,7 +43,7 @@ def test_bad_config_value_stops_before_any_job(tmp_path: Path) -> None:
 
 def _copy_project(dst: Path) -> Path:
     dst.mkdir(parents=True)
-    for name in ("Snakefile", "workflow", "config", "workloads", "baselines"):
+    for name in ("Snakefile", "environment.yml", "workflow", "config", "workloads", "baselines"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dst / name)
