@@ -9,9 +9,10 @@ from pythia.policy.base import (
     CacheAction,
     CachePolicy,
     Policies,
+    Predictor,
     Router,
     SchedulingPolicy,
     WaitingQueue,
 )
 
-__all__ = ["Autoscaler", "CacheAction", "CachePolicy", "Policies", "Router", "SchedulingPolicy", "WaitingQueue"]
+__all__ = ["Autoscaler", "CacheAction", "CachePolicy", "Policies", "Predictor", "Router", "SchedulingPolicy", "WaitingQueue"]

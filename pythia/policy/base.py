@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from pythia.policy.views import BlockView, KVView, PoolView, ReplicaView, RequestView
+from pythia.policy.workflow import JobTracker, Predictor
 
 
 # --------------------------------------------------------------------------- scheduling
@@ -149,13 +150,24 @@ class Autoscaler(ABC):
 
 @dataclass(frozen=True)
 class Policies:
-    """The four policies of one system."""
+    """The four policies of one system and the workflow service they share.
+
+    Hosts report jobs and calls to ``predictor`` (see :mod:`pythia.policy.workflow`); a
+    policy with a ``bind(predictor)`` method receives it when the system is built.
+    """
 
     scheduler: SchedulingPolicy
     cache: CachePolicy
     router: Router
     autoscaler: Autoscaler
+    predictor: Predictor = field(default_factory=JobTracker)
     params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for policy in (self.scheduler, self.cache, self.router, self.autoscaler):
+            bind = getattr(policy, "bind", None)
+            if bind is not None:
+                bind(self.predictor)
 
 
 __all__ = [
@@ -166,6 +178,7 @@ __all__ = [
     "KVView",
     "Policies",
     "PoolView",
+    "Predictor",
     "ReplicaView",
     "RequestView",
     "Router",

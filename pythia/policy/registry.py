@@ -11,9 +11,12 @@ from typing import Any
 
 from pythia.errors import PythiaInputError
 
-KINDS = ("scheduler", "cache", "router", "autoscaler")
+KINDS = ("predictor", "scheduler", "cache", "router", "autoscaler")
 
 REGISTRY: dict[str, dict[str, str]] = {
+    "predictor": {
+        "none": "pythia.policy.workflow:JobTracker",
+    },
     "scheduler": {
         "fcfs": "pythia.policy.fcfs:FCFS",
     },

@@ -118,7 +118,7 @@ def parse_system(obj: Any, where: str, name: str) -> System:
     if not isinstance(pol, dict):
         raise PythiaInputError(f"{where}: field policies must be a mapping of kind to {{name, params}}")
     policies: dict[str, tuple[str, dict[str, Any]]] = {}
-    defaults = {"scheduler": "fcfs", "cache": "lru", "router": "round_robin", "autoscaler": "none"}
+    defaults = {"predictor": "none", "scheduler": "fcfs", "cache": "lru", "router": "round_robin", "autoscaler": "none"}
     for kind in registry.KINDS:
         spec = pol.get(kind, {"name": defaults[kind]})
         if isinstance(spec, str):

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pythia.errors import PythiaInputError
+from pythia.policy.base import Policies
 from pythia.policy.systems import System, load_system
 from pythia.sim.cluster import Cluster
 from pythia.sim.config import ClusterConfig, SimOptions, load_cluster
@@ -39,9 +40,10 @@ class SimResult:
 class Simulation:
     """Assembles cluster, policies and runtime for one trace and runs the event loop."""
 
-    def __init__(self, system: System, cluster_config: ClusterConfig, trace: Trace, options: SimOptions) -> None:
+    def __init__(self, system: System, cluster_config: ClusterConfig, trace: Trace, options: SimOptions,
+                 policies: Policies | None = None) -> None:
         self.system, self.trace, self.options = system, trace, options
-        self.policies = system.build()
+        self.policies = policies if policies is not None else system.build()
         for i, p in enumerate((self.policies.scheduler, self.policies.cache, self.policies.router, self.policies.autoscaler)):
             if hasattr(p, "set_rng"):  # one seeded generator per component
                 p.set_rng(np.random.default_rng([options.seed, 0x5137, i]))

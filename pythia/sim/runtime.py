@@ -87,6 +87,7 @@ class Runtime:
         self.rejected: list[dict[str, Any]] = []
         self.clamped = 0
         self.live: dict[int, SimRequest] = {}
+        self.predictor = cluster.policies.predictor
 
     # ------------------------------------------------------------------ jobs
 
@@ -116,6 +117,7 @@ class Runtime:
                 children[d].append(c.call_id)
         st = JobState(index, job, now, [len(set(c.deps)) for c in job.calls], children, call_finish=[-1] * n)
         self.states[index] = st
+        self.predictor.job_started(job.job_id, job.workflow_type, job.workflow_id, now / FS_PER_S, truth=job)
         for c in job.calls:
             if not c.deps:
                 self._schedule_issue(st, c, now)
@@ -142,6 +144,7 @@ class Runtime:
             (now - st.start_fs) / FS_PER_S, len(job.calls), st.done, not st.failed, depth[cp], gaps[cp],
         ))
         del self.states[st.index]
+        self.predictor.job_ended(job.job_id, now / FS_PER_S)
         if self.closed and self.next_job < len(self.trace.jobs):
             self._start_job(self.next_job, now)
             self.next_job += 1
@@ -181,6 +184,7 @@ class Runtime:
             self._fail(st, req, now)
             return
         self.live[req.request_id] = req
+        self.predictor.call_issued(req, now / FS_PER_S)
         self.cluster.submit(req, pool, now)
 
     def _fail(self, st: JobState, req: SimRequest, now: int) -> None:
@@ -197,6 +201,7 @@ class Runtime:
         st.done += 1
         st.call_finish[req.call_id] = now
         self._row(req, pool_name=self.cluster.replicas[req.replica_id].pool, status="finished")
+        self.predictor.call_finished(req, now / FS_PER_S)
         for child in st.children[req.call_id]:
             st.waiting_deps[child] -= 1
             if st.waiting_deps[child] == 0:
