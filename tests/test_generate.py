@@ -184,7 +184,7 @@ def _trace_bytes(spec: WorkflowSpec, jobs: int, seed: int) -> bytes:
 def test_shipped_spec_generates(name: str, tmp_path: Path) -> None:
     spec = SHIPPED[name]
     trace = generate_trace(spec, jobs=6, seed=3)
-    assert [j.job_id for j in trace.jobs] == [f"{name}-{i:05d}" for i in range(6)]
+    assert [j.job_id for j in trace.jobs] == [f"{name}-s3-{i:05d}" for i in range(6)]
     assert trace.arrival == {"process": "closed", "concurrency": spec.concurrency}
     assert trace.meta["spec"] == name and trace.meta["spec_sha256"] == spec.sha256 and trace.meta["seed"] == 3
     for i in range(6):
@@ -249,7 +249,20 @@ def test_job_independent_of_job_count(name: str) -> None:
     large = generate_trace(spec, jobs=7, seed=5)
     for a, b in zip(small.jobs, large.jobs):
         assert json.dumps(a.to_json()) == json.dumps(b.to_json())
-    assert json.dumps(generate_job(spec, 6, job_rng(5, 6)).to_json()) == json.dumps(large.jobs[6].to_json())
+    assert json.dumps(generate_job(spec, 6, job_rng(5, 6), 5).to_json()) == json.dumps(large.jobs[6].to_json())
+
+
+def test_seeds_share_no_job_content() -> None:
+    """Job i of two seeds shares only the workflow type's fixed instructions, never job content."""
+    spec = SHIPPED["coding-assistant"]
+    a, b = generate_trace(spec, jobs=1, seed=0).jobs[0], generate_trace(spec, jobs=1, seed=1).jobs[0]
+    system_keys = {stable_key(spec.name, role, "system") for role in spec.roles}
+
+    def keys(job):  # type: ignore[no-untyped-def]
+        out = {int(k) for c in job.calls for k in c.prompt[:, 0]}
+        return out | {int(job.output_segments(c)[0, 0]) for c in job.calls}
+
+    assert keys(a) & keys(b) <= system_keys
 
 
 def test_bad_options() -> None:

@@ -131,10 +131,12 @@ def truncate_middle(segs: list[Segment], head: int, limit: int | None) -> tuple[
 class _JobBuilder:
     """Builds one job; keeps the per-job state of the walk."""
 
-    def __init__(self, spec: WorkflowSpec, index: int, rng: np.random.Generator) -> None:
+    def __init__(self, spec: WorkflowSpec, index: int, rng: np.random.Generator, seed: int = 0) -> None:
         self.spec = spec
         self.rng = rng
-        self.job_id = f"{spec.name}-{index:05d}"
+        # The seed is part of the id, and so of every content key derived from it: job i of
+        # two seeds must not share context or outputs in a run (or a history) that mixes seeds.
+        self.job_id = f"{spec.name}-s{seed}-{index:05d}"
         self.calls: list[Call] = []
         self.instances: dict[tuple[str, int], _Instance] = {}
         # role -> instance index -> id of that instance's latest call in a finished visit
@@ -284,14 +286,14 @@ def job_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, _JOB_STREAM, index])
 
 
-def walk_job(spec: WorkflowSpec, index: int, rng: np.random.Generator) -> JobWalk:
+def walk_job(spec: WorkflowSpec, index: int, rng: np.random.Generator, seed: int = 0) -> JobWalk:
     """Generate job ``index`` and return it with the visits (path, widths, calls) that made it."""
-    return _JobBuilder(spec, index, rng).build()
+    return _JobBuilder(spec, index, rng, seed).build()
 
 
-def generate_job(spec: WorkflowSpec, index: int, rng: np.random.Generator) -> Job:
-    """Generate job ``index`` of ``spec`` drawing from ``rng``."""
-    return walk_job(spec, index, rng).job
+def generate_job(spec: WorkflowSpec, index: int, rng: np.random.Generator, seed: int = 0) -> Job:
+    """Generate job ``index`` of ``spec`` (under ``seed``, which names it) drawing from ``rng``."""
+    return walk_job(spec, index, rng, seed).job
 
 
 def _check_int(name: str, value: object, lo: int) -> int:
@@ -310,7 +312,7 @@ def generate_trace(spec: WorkflowSpec, jobs: int, seed: int) -> Trace:
     jobs = _check_int("jobs", jobs, 1)
     seed = _check_int("seed", seed, 0)
     return Trace(
-        jobs=[generate_job(spec, i, job_rng(seed, i)) for i in range(jobs)],
+        jobs=[generate_job(spec, i, job_rng(seed, i), seed) for i in range(jobs)],
         arrival={"process": "closed", "concurrency": spec.concurrency},
         meta={
             "generator": f"pythia.workflow.generate/{GENERATOR_VERSION}",
