@@ -193,6 +193,8 @@ def build_launch(
         "--block-size", str(block_size),
         _on_off("enable-prefix-caching", bool(f["enable_prefix_caching"])),
         _on_off("enable-chunked-prefill", bool(f["enable_chunked_prefill"])),
+        # Per-call cached prompt tokens in the usage block: the replay client's prefix hits.
+        "--enable-prompt-tokens-details",
     ]
     if f["long_prefill_token_threshold"]:
         argv += ["--long-prefill-token-threshold", str(f["long_prefill_token_threshold"])]

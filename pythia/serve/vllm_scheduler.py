@@ -76,7 +76,7 @@ class PluginConfig:
         pin_budget_fraction: most of the KV pool (fraction of blocks) pins may hold.
         stats_path: a JSON file the plugin rewrites with its counters (``None``: off).
         events_path: a JSON Lines file of per-request events: ``add`` (with the parsed
-            annotation) and ``admit`` (admission order) (``None``: off).
+            annotation), ``admit`` (admission order) and ``finish`` (preemptions) (``None``: off).
         stats_interval_s: how often the stats file is rewritten.
         pool: the model pool name reported to cache hooks.
     """
@@ -265,6 +265,9 @@ class _PythiaAdapter:
         view = self._views.pop(request.request_id, None)
         if self._victim is request:
             self._victim = None
+        if self._events is not None:
+            self._event({"event": "finish", "request_id": request.request_id, "status": str(request.status),
+                         "preemptions": request.num_preemptions, "output_tokens": request.num_output_tokens})
         if view is not None and not getattr(self.pythia_hooks.cache, "is_stock", False):
             self._hash_index.add(request.block_hashes)
             self._apply(self._call_hook(self.pythia_hooks.cache.on_finish, view, self._replica_view, time.time()))

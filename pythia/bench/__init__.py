@@ -1,0 +1,1 @@
+"""Real runs: the replay client, token synthesis, and metrics collection (NVML, Prometheus)."""

