@@ -50,7 +50,7 @@ RUN_DIRS = [
     for name, exp in EXPERIMENTS.items()
     for system in config["systems"]
     for load in load_levels(exp)
-    for seed in config["seeds"]
+    for seed in exp.get("seeds", config["seeds"])
 ]
 
 
