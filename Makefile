@@ -29,7 +29,7 @@ $(VLLM_STAMP): | $(STAMP)
 venv: $(STAMP)
 
 reproduce: $(STAMP)
-	$(BIN)/snakemake --cores 2 --snakefile Snakefile
+	$(BIN)/snakemake --profile workflow/profiles/local
 
 test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q

@@ -5,6 +5,9 @@
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/workloads.smk"
 include: "workflow/rules/simulate.smk"
@@ -15,4 +18,4 @@ rule all:
     input:
         "results/workloads/summary.json",
         "results/workloads/summary.md",
-        "results/figures/index.md",
+        "results/figures",

@@ -68,6 +68,9 @@ def test_smoke_run_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     again = _snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=proj)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+    report = _snakemake("--configfile", "config/smoke.yaml", "--report", "report.html", cwd=proj)
+    assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
+    assert (proj / "report.html").stat().st_size > 10_000
 
 
 def test_unknown_system_stops_before_any_job(tmp_path: Path) -> None:

@@ -20,7 +20,12 @@ rule figures:
         summaries="results/tables/summaries.parquet",
         jobs="results/tables/jobs.parquet",
     output:
-        index="results/figures/index.md",
+        figures=report(
+            directory("results/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
     conda:
         ENV
     log:
