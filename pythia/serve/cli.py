@@ -79,7 +79,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         backend=args.backend, model=model, out=args.out, system=args.system, plugin=args.plugin, hooks=args.hooks,
         max_model_len=max_len, num_blocks=args.num_blocks, gap_scale=args.gap_scale,
         start_timeout_s=args.start_timeout_s, max_duration_s=args.max_duration_s, max_calls=args.max_calls,
-        tensor_parallel_size=args.tensor_parallel_size, progress=sys.stderr.isatty(),
+        tensor_parallel_size=args.tensor_parallel_size, extra_engine_args=list(args.engine_arg),
+        progress=sys.stderr.isatty(),
     )
     summary = real_run(trace, opts)
     keys = ("jobs_completed", "calls_completed", "mean_jct_s", "p95_jct_s", "output_tokens_per_s", "prefix_hit_rate", "preemptions")
@@ -139,5 +140,7 @@ def register(subparsers: Any) -> None:
     rn.add_argument("--max-duration-s", type=float, default=3600.0, help="stop issuing calls after this long")
     rn.add_argument("--max-calls", type=int, default=100_000, help="most requests to send")
     rn.add_argument("--tensor-parallel-size", type=int, default=1)
+    rn.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
+                    help="an extra engine argument, repeatable (e.g. --engine-arg=--enforce-eager)")
     add_workload_options(rn)
     rn.set_defaults(func=_cmd_run)
