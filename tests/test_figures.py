@@ -78,3 +78,22 @@ def test_missing_data_skips_with_a_note(tmp_path: Path) -> None:
 def test_bad_run_directory_is_named(tmp_path: Path) -> None:
     with pytest.raises(PythiaInputError, match="not a run directory"):
         tables.run_identity(tmp_path / "somewhere")
+
+
+def test_autoscale_timeline_from_a_real_simulated_run(tmp_path: Path) -> None:
+    from sim_helpers import chain_trace
+
+    from pythia.analysis.figures import autoscale_timeline, calls_in_flight
+    from pythia.analysis.style import setup_matplotlib
+    from pythia.sim.run import run_simulation
+
+    run_simulation("vllm", chain_trace(6, concurrency=3), out=tmp_path / "run")
+    calls = pd.read_parquet(tmp_path / "run" / "calls.parquet")
+    pool = calls["pool"].iloc[0]
+    t = np.array([calls["issue_s"].min() - 1.0, calls["finish_s"].max() + 1.0])
+    assert calls_in_flight(calls, t, pool).tolist() == [0, 0]
+    mid = np.array([calls["issue_s"].iloc[0] + 1e-9])
+    assert calls_in_flight(calls, mid, pool)[0] >= 1
+    setup_matplotlib()
+    files = autoscale_timeline(tmp_path / "run", tmp_path / "timeline")
+    assert [f.suffix for f in files] == [".pdf", ".png"]

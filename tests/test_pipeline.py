@@ -58,7 +58,7 @@ def test_smoke_run_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     first = _snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=proj)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     index = (proj / "results" / "figures" / "index.md").read_text()
-    assert "jct_vs_load.png" in index
+    assert "jct_vs_load.png" in index and "autoscale_timeline.png" in index
     assert (proj / "results" / "figures" / "jct_vs_load.pdf").stat().st_size > 0
     import pandas as pd
 

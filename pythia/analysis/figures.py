@@ -171,6 +171,50 @@ def oracle_gap(summaries: pd.DataFrame, stem: Path) -> list[Path]:
     return _line_grid(norm.assign(gap=norm["mean_jct_s_norm"]), [("gap", "mean JCT / oracle")], stem)
 
 
+def calls_in_flight(calls: pd.DataFrame, times: np.ndarray, pool: str) -> np.ndarray:
+    """Calls of ``pool`` issued and not yet finished at each of ``times``."""
+    sub = calls[calls["pool"] == pool]
+    issue = np.sort(sub["issue_s"].to_numpy())
+    finish = np.sort(sub["finish_s"].fillna(np.inf).to_numpy())
+    return np.searchsorted(issue, times, side="right") - np.searchsorted(finish, times, side="right")
+
+
+def autoscale_timeline(run_dir: str | Path, stem: Path) -> list[Path]:
+    """Replicas up per pool against the calls in flight (and the predicted load, when recorded).
+
+    ``run_dir`` is one run's directory; its ``timeseries.parquet`` pool rows (``replica == -1``)
+    give the replicas up and starting, an optional ``predicted_load`` column the autoscaler's
+    projection; ``calls.parquet`` gives the actual load.
+    """
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    ts = pd.read_parquet(run_dir / "timeseries.parquet")
+    calls = pd.read_parquet(run_dir / "calls.parquet")
+    pools = ts[ts["replica"] == -1]
+    names = sorted(pools["pool"].unique())
+    fig, axes = plt.subplots(len(names), 1, figsize=(6.4, 1.9 * len(names)), squeeze=False, sharex=True)
+    for ax, name in zip(axes[:, 0], names):
+        p = pools[pools["pool"] == name].sort_values("t_s")
+        t = p["t_s"].to_numpy()
+        ax.step(t, p["replicas_up"], where="post", color="black", lw=1.2, label="replicas up")
+        ax.step(t, p["replicas_up"] + p["replicas_starting"], where="post", color="grey", lw=0.8, ls="--",
+                label="up + starting")
+        ax.set_ylim(0, max(1, int((p["replicas_up"] + p["replicas_starting"]).max())) + 1)
+        ax.set_ylabel(f"{name}\nreplicas")
+        ax2 = ax.twinx()
+        ax2.plot(t, calls_in_flight(calls, t, name), color="#c44e52", lw=0.9, label="calls in flight")
+        if "predicted_load" in p and p["predicted_load"].notna().any():
+            ax2.plot(t, p["predicted_load"], color="#4c72b0", lw=0.9, ls=":", label="predicted load")
+        ax2.set_ylabel("calls")
+        lines = ax.get_legend_handles_labels()
+        lines2 = ax2.get_legend_handles_labels()
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=6, frameon=False, loc="upper right")
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
 FIGURES: dict[str, tuple[Callable[..., list[Path]], str, Callable[[pd.DataFrame], bool]]] = {
     "jct_vs_load": (jct_vs_load, "summaries", lambda d: d["load"].nunique() > 0),
     "throughput_vs_load": (throughput_vs_load, "summaries", lambda d: d["load"].nunique() > 0),

@@ -19,6 +19,9 @@ rule figures:
     input:
         summaries="results/tables/summaries.parquet",
         jobs="results/tables/jobs.parquet",
+        timeline=[f"{TIMELINE_RUN}/summary.json"] if TIMELINE_RUN else [],
+    params:
+        timeline=TIMELINE_RUN or "",
     output:
         figures=report(
             directory("results/figures"),

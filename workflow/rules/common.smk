@@ -45,6 +45,13 @@ def load_levels(exp):
     return [f"r{r:g}" for r in exp["rate"]]
 
 
+_tl = config.get("timeline")
+TIMELINE_RUN = (
+    f"results/runs/{_tl['experiment']}/{_tl['system']}/{_tl['load']}/seed{_tl['seed']}"
+    if _tl and _tl["experiment"] in EXPERIMENTS
+    else None
+)
+
 RUN_DIRS = [
     f"results/runs/{name}/{system}/{load}/seed{seed}"
     for name, exp in EXPERIMENTS.items()

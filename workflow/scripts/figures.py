@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pythia.analysis.figures import write_index, make_all
+from pythia.analysis.figures import autoscale_timeline, make_all, write_index
 
 out = Path(snakemake.output.figures)  # type: ignore[name-defined]  # noqa: F821
 summaries = pd.read_parquet(snakemake.input.summaries)  # type: ignore[name-defined]  # noqa: F821
 jobs = pd.read_parquet(snakemake.input.jobs)  # type: ignore[name-defined]  # noqa: F821
 files, notes = make_all(summaries, jobs, out)
-write_index(files, notes, out / "index.md")  # type: ignore[name-defined]  # noqa: F821
+if snakemake.params.timeline:  # type: ignore[name-defined]  # noqa: F821
+    files += autoscale_timeline(snakemake.params.timeline, out / "autoscale_timeline")  # type: ignore[name-defined]  # noqa: F821
+write_index(files, notes, out / "index.md")
