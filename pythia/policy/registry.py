@@ -16,18 +16,32 @@ KINDS = ("predictor", "scheduler", "cache", "router", "autoscaler")
 REGISTRY: dict[str, dict[str, str]] = {
     "predictor": {
         "none": "pythia.policy.workflow:JobTracker",
+        "autellix": "pythia.policy.autellix:ThreadTracker",
     },
     "scheduler": {
         "fcfs": "pythia.policy.fcfs:FCFS",
+        "sglang_lpm": "pythia.policy.sglang_lpm:SGLangLPM",
+        "autellix": "pythia.policy.autellix:AutellixScheduler",
+        "program_fcfs": "pythia.policy.continuum:ProgramFCFS",
+        "thunderagent": "pythia.policy.thunderagent:ThunderScheduler",
     },
     "cache": {
         "lru": "pythia.policy.lru:LRU",
+        "continuum_ttl": "pythia.policy.continuum:ContinuumTTL",
+        "kvflow": "pythia.policy.kvflow:KVFlowCache",
+        "shortest_first": "pythia.policy.thunderagent:ShortestFirstEviction",
     },
     "router": {
         "round_robin": "pythia.policy.round_robin:RoundRobin",
+        "session_affinity": "pythia.policy.session_affinity:SessionAffinity",
+        "prefix_aware": "pythia.policy.prefix_aware:PrefixAware",
+        "sglang_cache_aware": "pythia.policy.sglang_cache_aware:SGLangCacheAware",
+        "autellix_locality": "pythia.policy.autellix:AutellixRouter",
+        "thunderagent_global": "pythia.policy.thunderagent:ThunderRouter",
     },
     "autoscaler": {
         "none": "pythia.policy.no_scaling:NoScaling",
+        "reactive": "pythia.policy.reactive_autoscaler:ReactiveAutoscaler",
     },
 }
 

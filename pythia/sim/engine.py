@@ -78,6 +78,9 @@ class Replica:
         if policies.cache.reorders_eviction:
             self.kv.ranker = self._rank_eviction
         self.waiting = self.sched.new_queue()
+        attach = getattr(self.waiting, "attach", None)
+        if attach is not None:  # queues ordered by this replica's cache state (SGLang's lpm) read its KV view
+            attach(self)
         self.running: list[SimRequest] = []
         self.background: list[SimRequest] = []
         self.inflight: dict[SimRequest, int] = {}

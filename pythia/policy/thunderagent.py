@@ -1,0 +1,143 @@
+"""ThunderAgent (Kang et al., arXiv 2602.13692): a program-aware global queue and shortest-first eviction.
+
+ThunderAgent schedules *programs* (an agent's whole LLM-call/tool-call loop), not requests:
+
+- Scheduling: one global, program-aware waiting queue. Programs keep their place across
+  tool calls (the queue orders calls by their program's admission, first come first served)
+  and a program's calls go to the node that holds its KV unless that node's memory is
+  overcommitted, in which case the global queue hands the program to the node with the
+  most free KV memory (ThunderAgent's answer to cross-node memory imbalance).
+- Eviction: when the KV cache thrashes, ThunderAgent pauses programs *shortest first*: the
+  recompute cost of a context grows with its square, so short contexts are the cheapest
+  to give up. The victim of a KV shortage is the running call with the fewest computed
+  tokens, and evictable cached blocks are ranked by the context length of the program
+  that owns them, shortest first (blocks of ended programs before any live one).
+
+The cached-block ranking is a comparator that only the simulator honours
+(``reorders_eviction``); vLLM's block pool evicts in LRU order.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from pythia.policy.base import CacheAction, CachePolicy, Router, SchedulingPolicy, WaitingQueue
+from pythia.policy.baseline_common import KeyedQueue, check, kv_used_share
+from pythia.policy.continuum import job_start
+from pythia.policy.views import BlockView, ReplicaView, RequestView
+from pythia.policy.workflow import Predictor
+
+INF = float("inf")
+
+
+class ThunderScheduler(SchedulingPolicy):
+    """Program-ordered waiting queue; shortest-context victim under KV pressure."""
+
+    name = "thunderagent"
+    dynamic = False
+
+    def __init__(self) -> None:
+        self.predictor: Predictor | None = None
+
+    def bind(self, predictor: Predictor) -> None:
+        """Program admission times come from the run's workflow service."""
+        self.predictor = predictor
+
+    def new_queue(self) -> WaitingQueue:
+        return KeyedQueue(lambda req, now: (job_start(self.predictor, req),))
+
+    def victim(self, running: Sequence[RequestView], now: float) -> RequestView:
+        # Shortest first: the cheapest context to recompute; the latest admitted among equals.
+        return min(reversed(running), key=lambda r: r.num_computed_tokens)
+
+
+class ThunderRouter(Router):
+    """Program affinity with memory rebalancing through the global queue.
+
+    Args:
+        memory_threshold: KV share in use above which a program's node counts as
+            overcommitted and its next call goes to the node with the most free KV.
+    """
+
+    name = "thunderagent_global"
+
+    def __init__(self, memory_threshold: float = 0.9) -> None:
+        self.memory_threshold = float(memory_threshold)
+        check(0.0 < self.memory_threshold <= 1.0, self.name, "memory_threshold",
+              f"{memory_threshold!r} must be in (0, 1]")
+        self.home: dict[tuple[str, str], int] = {}
+        self.predictor: Predictor | None = None
+
+    def bind(self, predictor: Predictor) -> None:
+        """Used to forget the placements of ended programs."""
+        self.predictor = predictor
+
+    def route(self, req: RequestView, replicas: Sequence[ReplicaView], now: float) -> int:
+        if self.predictor is not None and len(self.home) > 4 * max(1, len(self.predictor.jobs)) + 64:
+            self.home = {k: v for k, v in self.home.items() if k[1] in self.predictor.jobs}
+        key = (replicas[0].pool, req.job_id)
+        rid = self.home.get(key)
+        for j, r in enumerate(replicas):
+            if r.replica_id == rid and kv_used_share(r) < self.memory_threshold:
+                return j
+        i = min(range(len(replicas)), key=lambda j: (kv_used_share(replicas[j]), replicas[j].num_waiting,
+                                                     replicas[j].replica_id))
+        self.home[key] = replicas[i].replica_id
+        return i
+
+
+class ShortestFirstEviction(CachePolicy):
+    """Evict cached blocks of the shortest program contexts first (simulator-only comparator)."""
+
+    name = "shortest_first"
+    reorders_eviction = True
+
+    def __init__(self) -> None:
+        self.predictor: Predictor | None = None
+        self.owner: dict[int, str] = {}  # block hash -> the longest-context program that used it
+        self.context: dict[str, int] = {}  # program -> longest context (tokens) of its calls
+        self.blocks: dict[str, list[int]] = {}
+
+    def bind(self, predictor: Predictor) -> None:
+        """Program liveness comes from the run's workflow service."""
+        self.predictor = predictor
+
+    def on_finish(self, req: RequestView, replica: ReplicaView, now: float) -> list[CacheAction]:
+        job = req.job_id
+        ctx = req.prompt_tokens + req.num_output_tokens
+        self.context[job] = max(self.context.get(job, 0), ctx)
+        mine = self.blocks.setdefault(job, [])
+        owner, context = self.owner, self.context
+        for h in req.block_hashes[: ctx // replica.kv.block_size].tolist():
+            cur = owner.get(h)
+            if cur is None:
+                owner[h] = job
+                mine.append(h)
+            elif cur != job and context.get(cur, 0) < context[job]:
+                owner[h] = job  # a shared block is worth the longest context that reuses it
+                mine.append(h)
+        return []
+
+    def on_tick(self, replicas: Sequence[ReplicaView], now: float) -> list[CacheAction]:
+        p = self.predictor
+        if p is None:
+            return []
+        for job in [j for j in self.blocks if p.job(j) is None]:
+            for h in self.blocks.pop(job):
+                if self.owner.get(h) == job:
+                    del self.owner[h]
+            self.context.pop(job, None)
+        return []
+
+    def eviction_rank(self, blocks: Sequence[BlockView], now: float) -> list[int]:
+        p = self.predictor
+        jobs = p.jobs if p is not None else {}
+
+        def size(b: BlockView) -> float:
+            job = self.owner.get(b.block_hash)
+            if job is None or job not in jobs:
+                return -1.0  # no live program needs it
+            return float(self.context.get(job, 0))
+
+        sizes = [size(b) for b in blocks]
+        return sorted(range(len(blocks)), key=lambda i: (sizes[i], blocks[i].last_used_s))
