@@ -141,8 +141,10 @@ def test_annotated_multi_agent_workload_reaches_the_scheduler(engine: Engine) ->
     assert after["requests_finished"] - before["requests_finished"] == 12
     queries = after["prefix_cache_queries"] - before["prefix_cache_queries"]
     hits = after["prefix_cache_hits"] - before["prefix_cache_hits"]
-    assert queries > 0 and hits >= 11 * 4 * BLOCK  # every call after the first reuses the system prompt
-    assert (calls["cached_tokens"].iloc[1:] >= 4 * BLOCK).all()
+    # Every call issued once a first call has finished reuses the cached system prompt.
+    later = calls[calls["issue_s"] > calls["finish_s"].min()]
+    assert len(later) >= 9 and (later["cached_tokens"] >= 4 * BLOCK).all()
+    assert queries > 0 and hits >= len(later) * 4 * BLOCK
 
     # The annotation of every call reached the scheduler, and admission follows the job graph.
     events = engine.events()
