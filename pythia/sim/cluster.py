@@ -70,13 +70,14 @@ class Cluster:
     """All pools and replicas; the bridge between the runtime, the policies and the engines."""
 
     def __init__(self, config: ClusterConfig, flags: EngineFlags, policies: Policies, events: EventQueue,
-                 *, fast_forward: bool = True, check_invariants: bool = False) -> None:
+                 *, fast_forward: bool = True, check_invariants: bool = False, kv_index: str = "auto") -> None:
         self.config = config
         self.flags = flags
         self.policies = policies
         self.events = events
         self.fast_forward = fast_forward
         self.check_invariants = check_invariants
+        self.kv_index = kv_index
         self.now = 0
         self.runtime: Runtime | None = None
         self.pools: dict[str, Pool] = {}
@@ -102,7 +103,7 @@ class Cluster:
 
     def _new_replica(self, pool: Pool, state: str) -> Replica:
         r = Replica(len(self.replicas), pool.name, pool.cost, self.flags, self.policies, self,
-                    fast_forward=self.fast_forward, state=state)
+                    fast_forward=self.fast_forward, state=state, kv_index=self.kv_index)
         r.check_invariants = self.check_invariants
         self.replicas.append(r)
         pool.replicas_all.append(r)

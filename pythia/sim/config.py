@@ -191,6 +191,9 @@ class SimOptions:
         check_invariants: check KV conservation at every iteration (slow; tests).
         progress: show a progress bar on stderr (``None``: only for long runs on a terminal).
         max_sim_s: stop the clock here (``None``: run until every job ends).
+        kv_index: ``auto`` keeps a pool whose cache policy takes no actions as extents of hash
+            chains (``pythia.sim.kvextents``) and other pools block by block; ``blocks`` keeps
+            every pool block by block (same results, slower; tests compare the two).
     """
 
     seed: int = 0
@@ -199,10 +202,13 @@ class SimOptions:
     check_invariants: bool = False
     progress: bool | None = None
     max_sim_s: float | None = None
+    kv_index: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.sample_interval_s <= 0:
             raise PythiaInputError(f"option sample_interval_s={self.sample_interval_s} must be > 0")
+        if self.kv_index not in ("auto", "blocks"):
+            raise PythiaInputError(f"option kv_index={self.kv_index!r} must be 'auto' or 'blocks'")
         if self.max_sim_s is not None and self.max_sim_s <= 0:
             raise PythiaInputError(f"option max_sim_s={self.max_sim_s} must be > 0")

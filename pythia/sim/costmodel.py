@@ -12,8 +12,8 @@ with ``T`` the batch's tokens, ``S`` its sequences, ``S_sampled`` those producin
 ``pairs = sum(q * c + q * (q + 1) / 2)`` the query-key pairs of causal attention and
 ``kv_read = sum(c + q)`` the KV tokens read. Each coefficient is rounded once to whole
 femtoseconds, so an iteration's cost is an exact integer-linear function of the counts
-inside each branch of the ``max``: the fast-forward sums many decode iterations in closed
-form and gets exactly the same total as stepping.
+inside each branch of the ``max``: the fast-forward sums many iterations of a steady batch
+(decode steps and prefill chunks) in closed form and gets exactly the same total as stepping.
 
 Coefficients: ``data/gpus.yaml`` (peaks), ``data/models.yaml`` (shapes),
 ``data/efficiency.yaml`` (mfu, mbu, overheads per GPU and model).
@@ -151,17 +151,28 @@ class CostModel:
             cost += self.ar_fixed + self.ar_token * tokens
         return cost
 
-    def decode_run(self, n: int, ctx0: int) -> "DecodeRun":
+    def decode_run(self, n: int, ctx0: int) -> "IterationRun":
         """Closed-form costs of consecutive decode-only iterations of ``n`` sequences.
 
         ``ctx0`` is the batch's total context before the first iteration; iteration ``j``
         (from 1) has ``pairs = kv_read = ctx0 + n * j``.
         """
-        return DecodeRun(self, n, ctx0)
+        return IterationRun(self, n, n, n, ctx0 + n, n, ctx0 + n, n)
+
+    def steady_run(self, tokens: int, seqs: int, sampled: int, pairs1: int, dpairs: int, kv1: int,
+                   dkv: int) -> "IterationRun":
+        """Closed-form costs of consecutive iterations whose batch keeps its shape.
+
+        Every call schedules the same number of tokens ``q`` each iteration (1 in decode, a
+        prefill chunk otherwise), so its context grows by ``q``: iteration ``j`` (from 1) has
+        ``pairs = pairs1 + dpairs * (j - 1)`` (``dpairs = sum q^2``) and
+        ``kv_read = kv1 + dkv * (j - 1)`` (``dkv = sum q``).
+        """
+        return IterationRun(self, tokens, seqs, sampled, pairs1, dpairs, kv1, dkv)
 
 
-class DecodeRun:
-    """Cumulative cost of ``m`` decode iterations, exact in integers.
+class IterationRun:
+    """Cumulative cost of ``m`` iterations of a steady batch, exact in integers.
 
     Iteration ``j`` costs ``max(p1 + q1 * j, p2 + q2 * j)`` (compute and memory branches,
     the common terms folded in), so the sum splits at the crossover into two arithmetic series.
@@ -169,12 +180,13 @@ class DecodeRun:
 
     __slots__ = ("p1", "q1", "p2", "q2")
 
-    def __init__(self, cm: CostModel, n: int, ctx0: int) -> None:
-        common = cm.overhead + cm.c_seq * n + (cm.ar_fixed + cm.ar_token * n if cm.ar_fixed else 0)
-        self.p1 = common + cm.c_token * n + cm.c_sampled * n + cm.c_pair * ctx0
-        self.q1 = cm.c_pair * n
-        self.p2 = common + cm.m_weights + cm.m_kv * ctx0
-        self.q2 = cm.m_kv * n
+    def __init__(self, cm: CostModel, tokens: int, seqs: int, sampled: int, pairs1: int, dpairs: int, kv1: int,
+                 dkv: int) -> None:
+        common = cm.overhead + cm.c_seq * seqs + (cm.ar_fixed + cm.ar_token * tokens if cm.ar_fixed else 0)
+        self.p1 = common + cm.c_token * tokens + cm.c_sampled * sampled + cm.c_pair * (pairs1 - dpairs)
+        self.q1 = cm.c_pair * dpairs
+        self.p2 = common + cm.m_weights + cm.m_kv * (kv1 - dkv)
+        self.q2 = cm.m_kv * dkv
 
     def cost(self, j: int) -> int:
         """Cost of iteration ``j`` (from 1)."""
@@ -217,3 +229,6 @@ class DecodeRun:
             else:
                 hi = mid - 1
         return lo
+
+
+DecodeRun = IterationRun  # the decode-only case of a steady run

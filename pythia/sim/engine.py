@@ -32,8 +32,10 @@ import numpy as np
 
 from pythia.policy.base import Policies
 from pythia.policy.systems import EngineFlags
-from pythia.sim.costmodel import FS_PER_S, CostModel, DecodeRun
+from pythia.policy.base import CachePolicy
+from pythia.sim.costmodel import FS_PER_S, CostModel, IterationRun
 from pythia.sim.kvcache import KVCache
+from pythia.sim.kvextents import ExtentKVCache
 from pythia.sim.request import SimRequest
 
 if TYPE_CHECKING:
@@ -41,28 +43,32 @@ if TYPE_CHECKING:
 
 
 class Segment:
-    """A planned run of ``k`` decode iterations starting at ``t0`` (iteration 1 already scheduled)."""
+    """A planned run of ``k`` iterations of a steady batch starting at ``t0`` (iteration 1 already scheduled).
 
-    __slots__ = ("t0", "k", "run", "batch", "c0", "blank0", "cached0", "used0", "ceil0")
+    Each call of ``batch`` schedules ``q`` tokens every iteration: 1 in decode, a prefill
+    chunk that does not reach the end of the known tokens otherwise.
+    """
 
-    def __init__(self, t0: int, k: int, run: DecodeRun, batch: list[SimRequest], c0: np.ndarray,
-                 kv: KVCache, bs: int) -> None:
-        self.t0, self.k, self.run, self.batch, self.c0 = t0, k, run, batch, c0
+    __slots__ = ("t0", "k", "run", "batch", "c0", "q", "decode", "blank0", "cached0", "used0", "ceil0")
+
+    def __init__(self, t0: int, k: int, run: IterationRun, batch: list[SimRequest], c0: np.ndarray, q: np.ndarray,
+                 decode: list[bool], kv: KVCache | ExtentKVCache, bs: int) -> None:
+        self.t0, self.k, self.run, self.batch, self.c0, self.q, self.decode = t0, k, run, batch, c0, q, decode
         self.blank0, self.cached0, self.used0 = kv.blank, kv.cached_blocks, kv.used_blocks
-        self.ceil0 = (c0 + bs) // bs  # blocks held after scheduling iteration 1: ceil((c+1)/bs)
+        self.ceil0 = -(-(c0 + q) // bs)  # blocks held after scheduling iteration 1
 
     def new_blocks(self, j: int, bs: int) -> int:
         """Blocks allocated by the schedules of iterations 2..j."""
         if j <= 1:
             return 0
-        return int(np.maximum((self.c0 + j + bs - 1) // bs - self.ceil0, 0).sum())
+        return int(np.maximum(-(-(self.c0 + j * self.q) // bs) - self.ceil0, 0).sum())
 
 
 class Replica:
     """A model replica: waiting queue, running batch, KV cache and the iteration loop."""
 
     def __init__(self, replica_id: int, pool: str, cost: CostModel, flags: EngineFlags, policies: Policies,
-                 cluster: "Cluster", *, fast_forward: bool = True, state: str = "up") -> None:
+                 cluster: "Cluster", *, fast_forward: bool = True, state: str = "up", kv_index: str = "auto") -> None:
         self.replica_id = replica_id
         self.pool = pool
         self.state = state
@@ -74,9 +80,17 @@ class Replica:
         self.fast_forward = fast_forward
         bs = flags.block_size
         host_blocks = int(flags.host_kv_gib * (1 << 30) // (cost.model.kv_bytes_per_token * bs)) if flags.host_kv_gib else 0
-        self.kv = KVCache(cost.kv_blocks(bs), bs, caching=flags.enable_prefix_caching, host_blocks=host_blocks)
-        if policies.cache.reorders_eviction:
-            self.kv.ranker = self._rank_eviction
+        cache_cls = type(policies.cache)
+        plain = (not policies.cache.reorders_eviction and not host_blocks
+                 and cache_cls.on_finish is CachePolicy.on_finish and cache_cls.on_tick is CachePolicy.on_tick)
+        self.kv: KVCache | ExtentKVCache
+        if plain and kv_index != "blocks":
+            # No cache action can ever reach this pool: the extent-based pool gives the same results faster.
+            self.kv = ExtentKVCache(cost.kv_blocks(bs), bs, caching=flags.enable_prefix_caching)
+        else:
+            self.kv = KVCache(cost.kv_blocks(bs), bs, caching=flags.enable_prefix_caching, host_blocks=host_blocks)
+            if policies.cache.reorders_eviction:
+                self.kv.ranker = self._rank_eviction
         self.waiting = self.sched.new_queue()
         attach = getattr(self.waiting, "attach", None)
         if attach is not None:  # queues ordered by this replica's cache state (SGLang's lpm) read its KV view
@@ -99,6 +113,9 @@ class Replica:
         self.admitted_now = 0
         self.preempted_now = False
         self.tokens_now = 0
+        self.pairs_now = 0
+        self.kv_read_now = 0
+        self.sampled_now = 0
 
     # ------------------------------------------------------------------ views (ReplicaView)
 
@@ -209,7 +226,7 @@ class Replica:
         need = -(-slots // bs) - req.kv_ref - req.kv_priv
         kv = self.kv
         if need > 0:
-            if need > kv.blank + len(kv.lru) + len(kv.front):
+            if need > kv.available():
                 return False
             kv.take(req, need)
         upto = min(slots, req.num_tokens) // bs
@@ -346,7 +363,7 @@ class Replica:
             if c + n >= req.prompt_tokens + req.num_output_tokens:
                 sampled += 1
             req.computed_tokens += n
-        self.tokens_now = tokens
+        self.tokens_now, self.pairs_now, self.kv_read_now, self.sampled_now = tokens, pairs, kv_read, sampled
         cost = self.cost.iteration_fs(tokens, len(sched), sampled, pairs, kv_read)
         if load_tokens:
             cost += load_tokens * self.cost.pcie_fs_per_token
@@ -355,27 +372,50 @@ class Replica:
     # ------------------------------------------------------------------ fast-forward
 
     def _plan(self, now: int) -> Segment | None:
-        """A fast-forward run if the batch just scheduled is decode-only and cannot change."""
+        """A fast-forward run if the batch just scheduled keeps its shape for at least two iterations.
+
+        Every scheduled call must either decode (one token, the last known one) or take a
+        prefill chunk that leaves tokens for later (so it samples nothing); nothing may have
+        been admitted or preempted, no background work may wait, and the waiting queue's
+        order must be static. Then the next iterations schedule the same tokens per call
+        (the budget is spent the same way, a failed admission stays failed while blocks only
+        get scarcer) until a call finishes, a prefill reaches its last chunk, or blocks run out.
+        """
         sched = self.inflight
-        running = self.running
-        if (self.preempted_now or self.admitted_now or len(sched) != len(running) or not running
-                or self.tokens_now != len(running)):
+        if self.preempted_now or self.admitted_now or not sched:
             return None
         if self.background or (self.waiting and self.sched.dynamic):
             return None
         k = 1 << 62
-        for req in running:
-            if sched.get(req) != 1 or req.num_computed_tokens != req.num_tokens - 1:
+        decode: list[bool] = []
+        dpairs = 0
+        for req, q in sched.items():
+            rem = req.prompt_tokens + req.num_output_tokens - req.num_computed_tokens
+            if rem == 1:  # decode: finishes after output_tokens - num_output_tokens samples
+                left = req.output_tokens - req.num_output_tokens
+                if left < k:
+                    k = left
+                decode.append(True)
+            elif rem > q:  # a prefill chunk: the same chunk while more than one chunk is left
+                left = (rem - 1) // q
+                if left < k:
+                    k = left
+                decode.append(False)
+            else:
+                return None  # the prompt's last chunk: it samples, the next iteration differs
+            dpairs += q * q
+            if k < 2:
                 return None
-            left = req.output_tokens - req.num_output_tokens
-            if left < k:
-                k = left
-        if k < 2:
-            return None
-        bs = self.kv.block_size
-        c0 = np.fromiter((r.num_computed_tokens for r in running), dtype=np.int64, count=len(running))
-        seg = Segment(now, k, self.cost.decode_run(len(running), int(c0.sum())), list(running), c0, self.kv, bs)
-        avail = self.kv.available()
+        kv, bs = self.kv, self.kv.block_size
+        batch = list(sched)
+        n = len(batch)
+        c0 = np.fromiter((r.num_computed_tokens for r in batch), dtype=np.int64, count=n)
+        qv = np.fromiter(sched.values(), dtype=np.int64, count=n)
+        run = self.cost.steady_run(self.tokens_now, n, self.sampled_now, self.pairs_now, dpairs, self.kv_read_now,
+                                   self.tokens_now)
+        seg = Segment(now, k, run, batch, c0, qv, decode, kv, bs)
+        # A time-dependent eviction order must be asked at each iteration: stay within blank blocks then.
+        avail = kv.blank if kv.ranker is not None else kv.available()
         if seg.new_blocks(k, bs) > avail:
             lo, hi = 1, k  # largest k with the schedules of iterations 2..k fitting
             while lo < hi:
@@ -387,52 +427,56 @@ class Replica:
             seg.k = k = lo
             if k < 2:
                 return None
+        if not self._registers_fresh(seg):
+            return None
         return seg
+
+    def _registers_fresh(self, seg: Segment) -> bool:
+        """Whether the blocks the run registers are all new content (no sharing, which would change counts)."""
+        kv, bs = self.kv, self.kv.block_size
+        ranges = []
+        for req, c, q in zip(seg.batch, seg.c0.tolist(), seg.q.tolist()):
+            upto = min(min(c + seg.k * q, req.prompt_tokens + req.output_tokens) // bs, len(req.hlist))
+            if upto > req.kv_ref:
+                if kv.any_resident(req, upto):
+                    return False
+                ranges.append((req.hlist, req.kv_ref, upto))
+        if len(ranges) > 1:
+            # Two chained ranges share a hash only if one's first hash lies in the other's range.
+            firsts = {hl[lo] for hl, lo, _ in ranges}
+            if len(firsts) < len(ranges):
+                return False
+            for hl, lo, upto in ranges:
+                if upto - lo > 1 and not firsts.isdisjoint(hl[lo + 1:upto]):
+                    return False
+        return True
 
     def _materialize(self, seg: Segment, m: int) -> None:
         """State after ``m`` iterations of ``seg`` and the schedule of iteration ``m + 1``."""
         if m <= 0:
             return
         kv, bs = self.kv, self.kv.block_size
-        batch = seg.batch
-        for req in batch:
-            req.num_computed_tokens += m
-            req.num_output_tokens += m
-            req.computed_tokens += m
-        # Blocks: schedules of iterations 2..m+1, i.e. slots c + m + 1 per call.
-        new_hashes: list[int] = []
-        for req in batch:
-            upto = min((req.num_computed_tokens + 1) // bs, len(req.hlist))
-            if upto > req.kv_ref:
-                new_hashes.extend(req.hlist[req.kv_ref:upto])
-        ref = kv.ref
-        if new_hashes and (any(map(ref.__contains__, new_hashes)) or len(set(new_hashes)) != len(new_hashes)):
-            self._materialize_exact(seg, m)
-            return
-        for req in batch:
-            slots = req.num_computed_tokens + 1
+        first_end = -1
+        for req, q, dec in zip(seg.batch, seg.q.tolist(), seg.decode):
+            req.num_computed_tokens += m * q
+            req.computed_tokens += m * q
+            if dec:
+                req.num_output_tokens += m
+                if req.first_token_fs < 0:  # its first token came from iteration 1
+                    if first_end < 0:
+                        first_end = seg.t0 + seg.run.total(1)
+                    req.first_token_fs = first_end
+        # Blocks: schedules of iterations 2..m+1 (no registration meets resident content: see _plan).
+        for req, q in zip(seg.batch, seg.q.tolist()):
+            slots = req.num_computed_tokens + q
             need = -(-slots // bs) - req.kv_ref - req.kv_priv
             if need > 0:
                 kv.take(req, need)
-            upto = min(slots // bs, len(req.hlist))
+            upto = min(min(slots, req.prompt_tokens + req.num_output_tokens) // bs, len(req.hlist))
             if upto > req.kv_ref:
                 kv.register(req, upto)
         if self.check_invariants:
             kv.check()
-
-    def _materialize_exact(self, seg: Segment, m: int) -> None:
-        """Block events one by one in (iteration, running order): when a registration could meet shared content."""
-        bs = self.kv.block_size
-        for req in seg.batch:  # undo the bulk token update, then replay per iteration
-            req.num_computed_tokens -= m
-            req.num_output_tokens -= m
-        for j in range(2, m + 2):
-            for req in seg.batch:
-                req.num_computed_tokens += 1
-                req.num_output_tokens += 1
-                slots = req.num_computed_tokens + 1
-                if slots % bs in (0, 1):
-                    self._alloc(req, 1)
 
     def sync(self, now: int | None = None) -> None:
         """Cut a fast-forward run at the last iteration boundary at or before ``now``."""
@@ -445,7 +489,6 @@ class Replica:
         self.seg = None
         self._materialize(seg, m)
         self.ff_iterations += m
-        self.inflight = {req: 1 for req in seg.batch}
         self.version += 1
         old_end = self.end_fs
         self.end_fs = seg.t0 + seg.run.total(m + 1)

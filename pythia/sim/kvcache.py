@@ -112,6 +112,13 @@ class KVCache:
             return 0
         return sum(1 for _ in takewhile(self.host.__contains__, hl[start:limit]))
 
+    def any_resident(self, req: Holder, upto: int) -> bool:
+        """Whether any of ``req``'s blocks ``[kv_ref, upto)`` is resident (registering it would share)."""
+        lo = req.kv_ref
+        if upto <= lo or not self.caching:
+            return False
+        return any(map(self.ref.__contains__, req.hlist[lo:upto]))
+
     def idle_hits(self, hl: list[int], k: int) -> int:
         """How many of the first ``k`` (resident) blocks nobody holds: taking them uses free capacity."""
         if k <= 0:

@@ -14,7 +14,7 @@ class SimRequest:
         "request_id", "job_id", "workflow_type", "workflow_id", "agent_role", "agent_id", "call_id",
         "model", "prompt_tokens", "output_tokens", "num_output_tokens", "num_computed_tokens",
         "arrival_s", "num_preemptions", "block_hashes", "hlist", "annotations",
-        "kv_ref", "kv_priv", "arrival_fs", "issue_fs", "first_token_fs", "finish_fs",
+        "kv_ref", "kv_priv", "kv_path", "arrival_fs", "issue_fs", "first_token_fs", "finish_fs",
         "cached_tokens", "computed_tokens", "admitted", "sched_fs", "replica_id", "ctx", "background",
     )
 
@@ -56,6 +56,7 @@ class SimRequest:
         self.annotations = annotations if annotations is not None else {}
         self.kv_ref = 0
         self.kv_priv = 0
+        self.kv_path: list[list[Any]] = []  # (extent, cover) pieces held, for the extent-based pool
         self.arrival_fs = issue_fs
         self.issue_fs = issue_fs
         self.first_token_fs = -1

@@ -49,7 +49,8 @@ class Simulation:
                 p.set_rng(np.random.default_rng([options.seed, 0x5137, i]))
         self.events = EventQueue()
         self.cluster = Cluster(cluster_config, system.engine, self.policies, self.events,
-                               fast_forward=options.fast_forward, check_invariants=options.check_invariants)
+                               fast_forward=options.fast_forward, check_invariants=options.check_invariants,
+                               kv_index=options.kv_index)
         for job in trace.jobs:  # unknown model names fail before the run, listing the known ones
             for c in job.calls:
                 self.cluster.pool_for(c.model)
