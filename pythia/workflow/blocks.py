@@ -42,12 +42,22 @@ _pow_cache: dict[str, np.ndarray] = {}
 
 def mix_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Element-wise :func:`~pythia.workflow.hashing.mix` of two int64/uint64 arrays (63-bit result)."""
-    with np.errstate(over="ignore"):
-        z = a.astype(np.uint64) * _GOLD + b.astype(np.uint64) + _C1
-        z = (z ^ (z >> _S30)) * _M1
-        z = (z ^ (z >> _S27)) * _M2
-        z = z ^ (z >> _S31)
-    return (z & _MASK63_U).astype(np.int64)
+    # In place on one buffer: these arrays hold one element per block, and temporaries and
+    # per-call overhead (not the arithmetic) dominate. Array products wrap modulo 2^64 silently.
+    z = a.astype(np.uint64)
+    z *= _GOLD
+    z += b.view(np.uint64) if b.dtype == np.int64 else b.astype(np.uint64, copy=False)
+    z += _C1
+    t = z >> _S30
+    z ^= t
+    z *= _M1
+    np.right_shift(z, _S27, out=t)
+    z ^= t
+    z *= _M2
+    np.right_shift(z, _S31, out=t)
+    z ^= t
+    z &= _MASK63_U
+    return z.view(np.int64)
 
 
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,6 +76,15 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
             y = (y * _P_INV) & 0xFFFFFFFFFFFFFFFF
         _pow_cache["p"], _pow_cache["q"] = p, q
     return _pow_cache["p"][:n], _pow_cache["q"][:n]
+
+
+def _positions(n: int) -> np.ndarray:
+    """``1..n`` as uint64 (a view of a cached, growing array)."""
+    have = _pow_cache.get("i")
+    if have is None or len(have) < n:
+        have = np.arange(1, max(1024, 1 << max(0, n.bit_length())) + 1, dtype=np.uint64)
+        _pow_cache["i"] = have
+    return have[:n]
 
 
 def merge_segments(segs: np.ndarray) -> np.ndarray:
@@ -104,7 +123,10 @@ def block_content_ids(segs: np.ndarray, block_size: int) -> np.ndarray:
         content[blk] = mix_pairs(segs[run, 0], segs[run, 1] + blk * block_size - starts[run])
     # Blocks that straddle a run boundary: fold their pieces one block at a time.
     inner = starts[1:]
-    straddle = np.unique(inner[inner % block_size != 0] // block_size)
+    cut = inner % block_size != 0
+    if not cut.any():
+        return content
+    straddle = np.unique(inner[cut] // block_size)
     straddle = straddle[straddle < n_blocks]
     for b in straddle.tolist():
         lo, hi = b * block_size, (b + 1) * block_size
@@ -126,9 +148,11 @@ def chain_hashes(content: np.ndarray) -> np.ndarray:
     if n == 0:
         return np.empty(0, dtype=np.int64)
     p, q = _powers(n)
-    with np.errstate(over="ignore"):
-        s = np.cumsum(content.astype(np.uint64) * q, dtype=np.uint64) * p
-    return mix_pairs(s, np.arange(1, n + 1, dtype=np.uint64))
+    s = content.astype(np.uint64)
+    s *= q
+    np.cumsum(s, out=s)
+    s *= p
+    return mix_pairs(s, _positions(n))
 
 
 def block_hashes(segs: np.ndarray, block_size: int) -> np.ndarray:
