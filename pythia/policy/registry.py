@@ -17,6 +17,8 @@ REGISTRY: dict[str, dict[str, str]] = {
     "predictor": {
         "none": "pythia.policy.workflow:JobTracker",
         "autellix": "pythia.policy.autellix:ThreadTracker",
+        "profiler": "pythia.policy.pythia_predictor:ProfilerPredictor",
+        "oracle": "pythia.policy.oracle:OraclePredictor",
     },
     "scheduler": {
         "fcfs": "pythia.policy.fcfs:FCFS",
@@ -24,12 +26,14 @@ REGISTRY: dict[str, dict[str, str]] = {
         "autellix": "pythia.policy.autellix:AutellixScheduler",
         "program_fcfs": "pythia.policy.continuum:ProgramFCFS",
         "thunderagent": "pythia.policy.thunderagent:ThunderScheduler",
+        "pythia": "pythia.policy.pythia_scheduler:PythiaScheduler",
     },
     "cache": {
         "lru": "pythia.policy.lru:LRU",
         "continuum_ttl": "pythia.policy.continuum:ContinuumTTL",
         "kvflow": "pythia.policy.kvflow:KVFlowCache",
         "shortest_first": "pythia.policy.thunderagent:ShortestFirstEviction",
+        "pythia": "pythia.policy.pythia_cache:PythiaCache",
     },
     "router": {
         "round_robin": "pythia.policy.round_robin:RoundRobin",
@@ -38,10 +42,12 @@ REGISTRY: dict[str, dict[str, str]] = {
         "sglang_cache_aware": "pythia.policy.sglang_cache_aware:SGLangCacheAware",
         "autellix_locality": "pythia.policy.autellix:AutellixRouter",
         "thunderagent_global": "pythia.policy.thunderagent:ThunderRouter",
+        "pythia": "pythia.policy.pythia_router:PythiaRouter",
     },
     "autoscaler": {
         "none": "pythia.policy.no_scaling:NoScaling",
         "reactive": "pythia.policy.reactive_autoscaler:ReactiveAutoscaler",
+        "pythia": "pythia.policy.pythia_scaler:PythiaAutoscaler",
     },
 }
 

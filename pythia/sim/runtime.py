@@ -172,6 +172,9 @@ class Runtime:
             workflow_id=job.workflow_id, agent_role=call.agent_role, agent_id=call.agent_id or call.agent_role,
             call_id=call_id, model=call.model, prompt_tokens=prompt_n, output_tokens=out_n,
             block_hashes=hashes, issue_fs=now, ctx=st,
+            # What an annotating client or gateway knows at issue time (never the output):
+            # the workflow service reads it to follow the job's structure and prompts.
+            annotations={"deps": call.deps, "parent": call.parent, "prompt": prompt},
         )
         self.next_request_id += 1
         need = -(-(prompt_n + out_n) // self.block_size)

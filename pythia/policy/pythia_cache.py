@@ -1,0 +1,217 @@
+"""Pythia's cache retention by predicted reuse (registry name ``pythia``), as LRU-pool actions.
+
+When a call of job ``J`` finishes on replica ``R`` (``on_finish``):
+
+- **pin** the resident leading blocks of the predicted prompt prefixes of ``J``'s next calls
+  (probability >= ``pin_min_prob``): the next roles' fixed instructions and the job's
+  context and outputs. Pins of one job on one replica are replaced by the new prediction
+  (**unpin** what is no longer predicted). A replica's pins never exceed ``pin_budget`` of
+  its blocks, and no pin is taken when it would leave less than ``min_free`` of the blocks
+  free or evictable, so pins never starve admission;
+- **demote** (release early) the finished call's blocks that no predicted next prompt of the
+  job contains and that are not shared instructions (a segment key seen in several jobs);
+- **offload** the pinned prefixes to host DRAM (a copy survives eviction when the engine
+  has a host tier).
+
+Periodically (``on_tick``): unpin the pins of ended jobs and pins older than ``pin_ttl_s``;
+under pressure (free + evictable below ``min_free``) unpin the oldest; **prefetch** host
+blocks of predicted prefixes back to a replica with room; on an idle replica **precompute**
+an uncached predicted prefix of a next call of a role the replica's pool serves.
+
+While the predictor is cold nothing happens: plain LRU.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from pythia.errors import PythiaInputError
+from pythia.policy.base import CacheAction, CachePolicy
+from pythia.policy.pythia_predictor import PythiaPredictor, Upcoming, as_pythia, prompt_of
+from pythia.policy.views import ReplicaView, RequestView
+from pythia.policy.workflow import Predictor
+from pythia.workflow.blocks import block_hashes
+
+
+class PythiaCache(CachePolicy):
+    """Pin predicted reuse, release predicted non-reuse early, prefetch and precompute.
+
+    Args:
+        pin_budget: the largest share of a replica's blocks pinned at once.
+        min_free: share of blocks that must stay free or evictable after pinning; below it
+            pins are released, oldest first.
+        pin_min_prob: next calls at least this likely have their prefixes pinned.
+        pin_ttl_s: a pin not renewed for this long is released (the predicted call did not come).
+        demote: release a finished call's unpredicted blocks early.
+        demote_max_prob: blocks are demoted only when the job's predicted next calls that
+            contain them have summed probability below this (predicted reuse is low).
+        offload: copy pinned prefixes to host DRAM.
+        prefetch: load host blocks of predicted prefixes back when a replica has room.
+        precompute: compute an uncached predicted prefix on an idle replica.
+        precompute_min_prob: only next calls at least this likely are precomputed.
+        precompute_min_tokens: shorter uncached remainders are not worth a background prefill.
+    """
+
+    name = "pythia"
+
+    def __init__(self, pin_budget: float = 0.25, min_free: float = 0.15, pin_min_prob: float = 0.5,
+                 pin_ttl_s: float = 300.0, demote: bool = True, demote_max_prob: float = 0.05,
+                 offload: bool = True, prefetch: bool = True, precompute: bool = True,
+                 precompute_min_prob: float = 0.5, precompute_min_tokens: int = 256) -> None:
+        for field, v, lo, hi in (("pin_budget", pin_budget, 0.0, 1.0), ("min_free", min_free, 0.0, 1.0),
+                                 ("pin_min_prob", pin_min_prob, 0.0, 1.0), ("demote_max_prob", demote_max_prob, 0.0, 1.0),
+                                 ("precompute_min_prob", precompute_min_prob, 0.0, 1.0)):
+            if not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise PythiaInputError(f"cache param {field}={v!r} must be in [{lo}, {hi}]")
+        if not isinstance(pin_ttl_s, (int, float)) or pin_ttl_s <= 0:
+            raise PythiaInputError(f"cache param pin_ttl_s={pin_ttl_s!r} must be > 0")
+        if not isinstance(precompute_min_tokens, int) or precompute_min_tokens < 0:
+            raise PythiaInputError(f"cache param precompute_min_tokens={precompute_min_tokens!r} must be an integer >= 0")
+        self.pin_budget, self.min_free, self.pin_min_prob = float(pin_budget), float(min_free), float(pin_min_prob)
+        self.pin_ttl_s, self.demote, self.demote_max_prob = float(pin_ttl_s), bool(demote), float(demote_max_prob)
+        self.offload, self.prefetch, self.precompute = bool(offload), bool(prefetch), bool(precompute)
+        self.precompute_min_prob, self.precompute_min_tokens = float(precompute_min_prob), precompute_min_tokens
+        self.pred: PythiaPredictor = as_pythia(None)
+        # replica id -> {(job id): (pin time, hashes)}; a hash pinned by two jobs is pinned twice
+        self.pins: dict[int, dict[str, tuple[float, list[int]]]] = {}
+        self.pinned_blocks: dict[int, int] = {}
+        self._precomputed: set[tuple[str, int, int]] = set()
+
+    def bind(self, predictor: Predictor) -> None:
+        """Receive the run's workflow service."""
+        self.pred = as_pythia(predictor)
+
+    # helpers -----------------------------------------------------------------------
+
+    def _prefixes(self, job_id: str, block_size: int) -> list[tuple[Upcoming, np.ndarray]]:
+        up = self.pred.upcoming(job_id)
+        return [(u, block_hashes(u.prefix, block_size)) for u in up or () if len(u.prefix)]
+
+    def _unpin_job(self, rid: int, job_id: str, out: list[CacheAction]) -> None:
+        got = self.pins.get(rid, {}).pop(job_id, None)
+        if got is not None and got[1]:
+            self.pinned_blocks[rid] -= len(got[1])
+            out.append(CacheAction("unpin", rid, np.asarray(got[1], dtype=np.int64)))
+
+    def pin_count(self, rid: int) -> int:
+        """Blocks this policy holds pinned on replica ``rid``."""
+        return self.pinned_blocks.get(rid, 0)
+
+    # hooks --------------------------------------------------------------------------
+
+    def on_finish(self, req: RequestView, replica: ReplicaView, now: float) -> list[CacheAction]:
+        pred = self.pred
+        pred.note_pool(req.workflow_type, req.agent_role, replica.pool)
+        if not pred.warm(req.workflow_type):
+            return []
+        kv, rid = replica.kv, replica.replica_id
+        bs = kv.block_size
+        out: list[CacheAction] = []
+        prefixes = self._prefixes(req.job_id, bs)
+        self._unpin_job(rid, req.job_id, out)
+        # Pin: leading resident blocks of likely next prompts, within budget and free share.
+        want: dict[int, None] = {}
+        for u, h in prefixes:
+            if u.probability >= self.pin_min_prob:
+                n = kv.cached_prefix_blocks(h)
+                want.update(dict.fromkeys(h[:n].tolist()))
+        if want:
+            budget = int(self.pin_budget * kv.total_blocks) - self.pin_count(rid)
+            room = kv.free_blocks + kv.cached_blocks - int(self.min_free * kv.total_blocks)
+            take = list(want)[: max(0, min(budget, room))]
+            if take:
+                self.pins.setdefault(rid, {})[req.job_id] = (now, take)
+                self.pinned_blocks[rid] = self.pin_count(rid) + len(take)
+                arr = np.asarray(take, dtype=np.int64)
+                out.append(CacheAction("pin", rid, arr))
+                if self.offload:
+                    out.append(CacheAction("offload", rid, arr))
+        # Demote: the finished call's blocks no likely next prompt of the job contains.
+        if self.demote:
+            reuse: dict[int, float] = {}
+            for u, h in prefixes:
+                for x in h.tolist():
+                    reuse[x] = reuse.get(x, 0.0) + u.probability
+            keep = self._shared_blocks(req, bs)
+            hs = req.block_hashes
+            drop = [x for x in hs[keep:].tolist() if reuse.get(x, 0.0) < self.demote_max_prob]
+            if drop:
+                out.append(CacheAction("demote", rid, np.asarray(drop, dtype=np.int64)))
+        return out
+
+    def _shared_blocks(self, req: RequestView, block_size: int) -> int:
+        """Leading blocks of the call's prompt made of instructions shared across jobs."""
+        segs = prompt_of(req)
+        if segs is None:
+            return len(req.block_hashes)  # unknown content: never release early
+        shared = self.pred.shared_keys
+        tokens = 0
+        for key, _, n in segs.tolist():
+            if key not in shared:
+                break
+            tokens += n
+        return tokens // block_size
+
+    def on_tick(self, replicas: Sequence[ReplicaView], now: float) -> list[CacheAction]:
+        pred = self.pred
+        out: list[CacheAction] = []
+        by_pool: dict[str, list[ReplicaView]] = {}
+        for r in replicas:
+            by_pool.setdefault(r.pool, []).append(r)
+        for pool, rs in by_pool.items():
+            pred.note_idle(pool, sum(1 for r in rs if r.num_running + r.num_waiting <= 2) / len(rs))
+        live = {r.replica_id: r for r in replicas}
+        for rid in list(self.pins):
+            jobs = self.pins[rid]
+            r = live.get(rid)
+            for job_id in [j for j, (t, _) in jobs.items() if pred.job(j) is None or now - t > self.pin_ttl_s]:
+                self._unpin_job(rid, job_id, out)
+            if r is not None:
+                kv = r.kv
+                floor = int(self.min_free * kv.total_blocks)
+                # Pressure: free + evictable below the floor; release the oldest pins first.
+                for job_id in sorted(jobs, key=lambda j: jobs[j][0]):
+                    if kv.free_blocks + kv.cached_blocks + sum(len(a.hashes) for a in out if a.replica_id == rid and a.kind == "unpin") >= floor:
+                        break
+                    self._unpin_job(rid, job_id, out)
+        if self.prefetch or self.precompute:
+            out.extend(self._warm_ahead(replicas))
+        return out
+
+    def _warm_ahead(self, replicas: Sequence[ReplicaView]) -> list[CacheAction]:
+        """Prefetch host blocks and precompute uncached predicted prefixes on idle replicas."""
+        pred = self.pred
+        idle = [r for r in replicas if r.state == "up" and r.num_running == 0 and r.num_waiting == 0]
+        if not idle:
+            return []
+        out: list[CacheAction] = []
+        busy: set[int] = set()
+        for job_id, info in list(pred.jobs.items()):
+            if not pred.warm(info.workflow_type):
+                continue
+            for u in pred.upcoming(job_id) or ():
+                if u.probability < self.precompute_min_prob or not len(u.prefix):
+                    continue
+                pool = pred.role_pool.get((info.workflow_type, u.role))
+                cands = [r for r in idle if r.pool == pool and r.replica_id not in busy]
+                if not cands:
+                    continue
+                r = cands[0]
+                h = block_hashes(u.prefix, r.kv.block_size)
+                if any(x.kv.cached_prefix_blocks(h) >= len(h) for x in replicas if x.pool == pool):
+                    continue  # already resident somewhere the router can send the call
+                key = (job_id, r.replica_id, len(h))
+                if key in self._precomputed:
+                    continue
+                self._precomputed.add(key)
+                busy.add(r.replica_id)
+                if self.prefetch:
+                    out.append(CacheAction("prefetch", r.replica_id, h))
+                missing = (len(h) - r.kv.cached_prefix_blocks(h)) * r.kv.block_size
+                if self.precompute and missing >= self.precompute_min_tokens:
+                    out.append(CacheAction("precompute", r.replica_id, segments=u.prefix))
+            if len(busy) == len(idle):
+                break
+        return out

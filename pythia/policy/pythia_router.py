@@ -1,0 +1,114 @@
+"""Pythia's predictive-capacity routing (registry name ``pythia``).
+
+A replica is *feasible* for a call when the KV its calls may need fits: the sum over its
+running calls and the new call of ``prompt + output upper bound`` (tokens already generated
+count when they exceed the bound), plus the prompts waiting in its queue, is at most
+``capacity * (1 - reserve)``; and the union bound of their overflow probabilities (the
+probability that some call outgrows its bound: ``sum_c p_c``) is at most ``epsilon``.
+Among feasible replicas the one with the largest *expected* headroom (capacity minus prompts
+and expected outputs) wins; replicas within ``tie_band`` of capacity of the best are ties,
+broken by cache affinity (the call's prompt blocks already resident,
+``KVView.cached_prefix_blocks``). When none is feasible, or the call has no bound (cold
+predictor), the largest expected headroom decides among all replicas, again with affinity
+among ties.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from pythia.errors import PythiaInputError
+from pythia.policy.base import Router
+from pythia.policy.pythia_predictor import PythiaPredictor, as_pythia
+from pythia.policy.views import ReplicaView, RequestView
+from pythia.policy.workflow import Predictor
+
+
+class PythiaRouter(Router):
+    """Route to the feasible replica with the largest expected headroom, affinity on ties.
+
+    Args:
+        epsilon: the largest admissible union bound of overflow probabilities on a replica.
+        reserve: share of KV capacity kept out of the feasibility test (blocks of shared
+            prefixes, fragmentation).
+        tie_band: replicas whose expected headroom is within this share of capacity of the
+            best are ties, broken by cache affinity.
+        idle_batch: a replica with at most this many running and waiting calls counts as
+            about to go idle (reported to the scheduler's unblocking term).
+    """
+
+    name = "pythia"
+
+    def __init__(self, epsilon: float = 0.2, reserve: float = 0.05, tie_band: float = 0.1, idle_batch: int = 2) -> None:
+        if not 0.0 < epsilon <= 1.0:
+            raise PythiaInputError(f"router param epsilon={epsilon!r} must be in (0, 1]")
+        if not 0.0 <= reserve < 1.0:
+            raise PythiaInputError(f"router param reserve={reserve!r} must be in [0, 1)")
+        if not 0.0 <= tie_band <= 1.0:
+            raise PythiaInputError(f"router param tie_band={tie_band!r} must be in [0, 1]")
+        if not isinstance(idle_batch, int) or idle_batch < 0:
+            raise PythiaInputError(f"router param idle_batch={idle_batch!r} must be an integer >= 0")
+        self.epsilon, self.reserve, self.tie_band, self.idle_batch = float(epsilon), float(reserve), float(tie_band), idle_batch
+        self.pred: PythiaPredictor = as_pythia(None)
+
+    def bind(self, predictor: Predictor) -> None:
+        """Receive the run's workflow service."""
+        self.pred = as_pythia(predictor)
+
+    def load(self, replica: ReplicaView, req: RequestView | None = None) -> tuple[float, float, float] | None:
+        """``(bounded tokens, expected tokens, overflow union)`` of the replica's calls (plus
+        ``req``); ``None`` when some call has no bound."""
+        pred = self.pred
+        bounded = expected = union = 0.0
+        calls = list(replica.running_calls())
+        if req is not None:
+            calls.append(req)
+        complete = True
+        for c in calls:
+            b = pred.bound(c)
+            e = pred.expected_output(c)
+            done = c.num_output_tokens
+            if b is None:
+                complete = False
+                bt = float(done)
+            else:
+                bt = float(max(b[0], done + 1))
+                if done < b[0]:
+                    union += b[1]
+            et = float(max(e, done + 1)) if e is not None else bt
+            bounded += c.prompt_tokens + bt
+            expected += c.prompt_tokens + et
+        pend = float(replica.pending_prefill_tokens)
+        if not complete:
+            return None if req is not None else (bounded + pend, expected + pend, union)
+        return bounded + pend, expected + pend, union
+
+    def route(self, req: RequestView, replicas: Sequence[ReplicaView], now: float) -> int:
+        pred = self.pred
+        pool = replicas[0].pool
+        pred.note_pool(req.workflow_type, req.agent_role, pool)
+        idle = sum(1 for r in replicas if r.num_running + r.num_waiting <= self.idle_batch)
+        pred.note_idle(pool, idle / len(replicas))
+        rows = []
+        for i, r in enumerate(replicas):
+            kv = r.kv
+            cap = float(kv.total_blocks * kv.block_size)
+            ld = self.load(r, req)
+            if ld is None:  # cold: expected headroom from what is allocated and queued
+                used = float((kv.used_blocks) * kv.block_size + r.pending_prefill_tokens + req.prompt_tokens)
+                rows.append((i, False, cap - used, cap))
+                continue
+            bounded, expected, union = ld
+            feasible = bounded <= cap * (1.0 - self.reserve) and union <= self.epsilon
+            rows.append((i, feasible, cap - expected, cap))
+        feas = [row for row in rows if row[1]] or rows
+        best = max(row[2] for row in feas)
+        ties = [row for row in feas if row[2] >= best - self.tie_band * row[3]]
+        if len(ties) == 1:
+            return ties[0][0]
+        hashes = req.block_hashes
+
+        def affinity(row: tuple[int, bool, float, float]) -> tuple[int, float]:
+            return replicas[row[0]].kv.cached_prefix_blocks(hashes), row[2]
+
+        return max(ties, key=affinity)[0]
