@@ -79,7 +79,7 @@ def dag_traces(draw):
 def test_invariants_and_fast_forward_equals_stepping(trace, which):
     cluster = SMALL if which == "small" else TIGHT
     ff = run(trace, cluster, check_invariants=True)
-    step = run(trace, cluster, check_invariants=True, fast_forward=False)
+    step = run(trace, cluster, check_invariants=True, fast_forward=False, kv_index="blocks")
     n_calls = sum(len(j.calls) for j in trace.jobs)
     # No call is lost: every call finished (these all fit).
     assert ff.summary["calls_completed"] == n_calls and ff.summary["jobs_completed"] == len(trace.jobs)

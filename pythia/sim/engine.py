@@ -28,11 +28,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-
-from pythia.policy.base import Policies
+from pythia.policy.base import CachePolicy, Policies
 from pythia.policy.systems import EngineFlags
-from pythia.policy.base import CachePolicy
 from pythia.sim.costmodel import FS_PER_S, CostModel, IterationRun
 from pythia.sim.kvcache import KVCache
 from pythia.sim.kvextents import ExtentKVCache
@@ -46,22 +43,28 @@ class Segment:
     """A planned run of ``k`` iterations of a steady batch starting at ``t0`` (iteration 1 already scheduled).
 
     Each call of ``batch`` schedules ``q`` tokens every iteration: 1 in decode, a prefill
-    chunk that does not reach the end of the known tokens otherwise.
+    chunk that does not reach the end of the known tokens otherwise. Per call, ``c0`` is its
+    computed tokens before iteration 1 and ``b0`` the blocks it holds after scheduling it.
     """
 
-    __slots__ = ("t0", "k", "run", "batch", "c0", "q", "decode", "blank0", "cached0", "used0", "ceil0")
+    __slots__ = ("t0", "k", "run", "batch", "c0", "q", "b0", "decode", "blank0", "cached0", "used0")
 
-    def __init__(self, t0: int, k: int, run: IterationRun, batch: list[SimRequest], c0: np.ndarray, q: np.ndarray,
-                 decode: list[bool], kv: KVCache | ExtentKVCache, bs: int) -> None:
-        self.t0, self.k, self.run, self.batch, self.c0, self.q, self.decode = t0, k, run, batch, c0, q, decode
+    def __init__(self, t0: int, k: int, run: IterationRun, batch: list[SimRequest], c0: list[int], q: list[int],
+                 b0: list[int], decode: list[bool], kv: KVCache | ExtentKVCache) -> None:
+        self.t0, self.k, self.run, self.batch = t0, k, run, batch
+        self.c0, self.q, self.b0, self.decode = c0, q, b0, decode
         self.blank0, self.cached0, self.used0 = kv.blank, kv.cached_blocks, kv.used_blocks
-        self.ceil0 = -(-(c0 + q) // bs)  # blocks held after scheduling iteration 1
 
     def new_blocks(self, j: int, bs: int) -> int:
         """Blocks allocated by the schedules of iterations 2..j."""
         if j <= 1:
             return 0
-        return int(np.maximum(-(-(self.c0 + j * self.q) // bs) - self.ceil0, 0).sum())
+        n = 0
+        for c, q, b in zip(self.c0, self.q, self.b0):
+            x = (c + j * q + bs - 1) // bs - b
+            if x > 0:
+                n += x
+        return n
 
 
 class Replica:
@@ -107,6 +110,7 @@ class Replica:
         # Counters for the summary.
         self.iterations = 0
         self.ff_iterations = 0
+        self.ff_prefill_iterations = 0  # of which some call took a prefill chunk
         self.preemptions = 0
         self.busy_fs = 0
         self.check_invariants = False
@@ -408,12 +412,12 @@ class Replica:
                 return None
         kv, bs = self.kv, self.kv.block_size
         batch = list(sched)
-        n = len(batch)
-        c0 = np.fromiter((r.num_computed_tokens for r in batch), dtype=np.int64, count=n)
-        qv = np.fromiter(sched.values(), dtype=np.int64, count=n)
-        run = self.cost.steady_run(self.tokens_now, n, self.sampled_now, self.pairs_now, dpairs, self.kv_read_now,
-                                   self.tokens_now)
-        seg = Segment(now, k, run, batch, c0, qv, decode, kv, bs)
+        qs = list(sched.values())
+        c0 = [r.num_computed_tokens for r in batch]
+        b0 = [(c + q + bs - 1) // bs for c, q in zip(c0, qs)]
+        run = self.cost.steady_run(self.tokens_now, len(batch), self.sampled_now, self.pairs_now, dpairs,
+                                   self.kv_read_now, self.tokens_now)
+        seg = Segment(now, k, run, batch, c0, qs, b0, decode, kv)
         # A time-dependent eviction order must be asked at each iteration: stay within blank blocks then.
         avail = kv.blank if kv.ranker is not None else kv.available()
         if seg.new_blocks(k, bs) > avail:
@@ -435,9 +439,11 @@ class Replica:
         """Whether the blocks the run registers are all new content (no sharing, which would change counts)."""
         kv, bs = self.kv, self.kv.block_size
         ranges = []
-        for req, c, q in zip(seg.batch, seg.c0.tolist(), seg.q.tolist()):
-            upto = min(min(c + seg.k * q, req.prompt_tokens + req.output_tokens) // bs, len(req.hlist))
+        k = seg.k
+        for req, c, q in zip(seg.batch, seg.c0, seg.q):
+            upto = (c + k * q) // bs
             if upto > req.kv_ref:
+                upto = min(upto, len(req.hlist))
                 if kv.any_resident(req, upto):
                     return False
                 ranges.append((req.hlist, req.kv_ref, upto))
@@ -457,8 +463,12 @@ class Replica:
             return
         kv, bs = self.kv, self.kv.block_size
         first_end = -1
-        for req, q, dec in zip(seg.batch, seg.q.tolist(), seg.decode):
-            req.num_computed_tokens += m * q
+        m1 = m + 1
+        grow = seg.new_blocks(m1, bs)
+        if grow > kv.blank:
+            kv.make_blank(grow)  # evict once for the whole run: the same oldest blocks, in the same order
+        for req, c, q, b, dec in zip(seg.batch, seg.c0, seg.q, seg.b0, seg.decode):
+            req.num_computed_tokens = c + m * q
             req.computed_tokens += m * q
             if dec:
                 req.num_output_tokens += m
@@ -466,15 +476,17 @@ class Replica:
                     if first_end < 0:
                         first_end = seg.t0 + seg.run.total(1)
                     req.first_token_fs = first_end
-        # Blocks: schedules of iterations 2..m+1 (no registration meets resident content: see _plan).
-        for req, q in zip(seg.batch, seg.q.tolist()):
-            slots = req.num_computed_tokens + q
-            need = -(-slots // bs) - req.kv_ref - req.kv_priv
+            # Blocks of the schedules of iterations 2..m+1 (no registration meets resident
+            # content: see _registers_fresh). Slots c + (m+1) q never pass the known tokens.
+            slots = c + m1 * q
+            need = (slots + bs - 1) // bs - b
             if need > 0:
                 kv.take(req, need)
-            upto = min(min(slots, req.prompt_tokens + req.num_output_tokens) // bs, len(req.hlist))
+            upto = slots // bs
             if upto > req.kv_ref:
-                kv.register(req, upto)
+                kv.register(req, min(upto, len(req.hlist)))
+        if not all(seg.decode):
+            self.ff_prefill_iterations += m
         if self.check_invariants:
             kv.check()
 
@@ -529,6 +541,7 @@ class Replica:
             "pool": self.pool,
             "iterations": self.iterations + self.ff_iterations,
             "fast_forwarded_iterations": self.ff_iterations,
+            "fast_forwarded_prefill_iterations": self.ff_prefill_iterations,
             "preemptions": self.preemptions,
             "kv_blocks": self.kv.total_blocks,
             "evictions": self.kv.evictions,

@@ -161,6 +161,11 @@ class KVCache:
         order = self.ranker([h for h, _ in live], [t for _, t in live])  # type: ignore[misc]
         self.lru.replace_order([(h, when[h]) for h in order])
 
+    def make_blank(self, n: int) -> None:
+        """Evict until at least ``n`` blocks are blank (as ``take`` would, all at once)."""
+        if self.blank < n:
+            self._evict(n - self.blank)
+
     def take(self, req: Holder, n: int) -> None:
         """Give ``req`` ``n`` new private blocks (evicting cached ones if needed)."""
         if n <= 0:

@@ -245,6 +245,11 @@ class ExtentKVCache:
         self.blank += n
         self.evictions += n
 
+    def make_blank(self, n: int) -> None:
+        """Evict until at least ``n`` blocks are blank (as ``take`` would, all at once)."""
+        if self.blank < n:
+            self._evict(n - self.blank)
+
     def take(self, req: PathHolder, n: int) -> None:
         """Give ``req`` ``n`` new private blocks (evicting cached ones if needed)."""
         if n <= 0:

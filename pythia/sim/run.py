@@ -144,6 +144,7 @@ class Simulation:
             "fast_forward": opts.fast_forward,
             "iterations": sum(c["iterations"] for c in counters),
             "fast_forwarded_iterations": sum(c["fast_forwarded_iterations"] for c in counters),
+            "fast_forwarded_prefill_iterations": sum(c["fast_forwarded_prefill_iterations"] for c in counters),
             "kv_evictions": sum(c["evictions"] for c in counters),
             "clamped_calls": runtime.clamped,
             "rejected_calls": runtime.rejected,

@@ -126,9 +126,10 @@ def block_content_ids(segs: np.ndarray, block_size: int) -> np.ndarray:
     cut = inner % block_size != 0
     if not cut.any():
         return content
-    straddle = np.unique(inner[cut] // block_size)
-    straddle = straddle[straddle < n_blocks]
-    for b in straddle.tolist():
+    straddle = sorted(set((inner[cut] // block_size).tolist()))
+    for b in straddle:
+        if b >= n_blocks:
+            break
         lo, hi = b * block_size, (b + 1) * block_size
         i = int(np.searchsorted(ends, lo, side="right"))
         h = 0x5EED
