@@ -78,6 +78,8 @@ class PythiaCache(CachePolicy):
         self.pins: dict[int, dict[str, tuple[float, list[int]]]] = {}
         self.pinned_blocks: dict[int, int] = {}
         self._precomputed: set[tuple[str, int, int]] = set()
+        self._hash_memo: dict[tuple[object, ...], np.ndarray] = {}
+        self._memo_cap = 4096
 
     def bind(self, predictor: Predictor) -> None:
         """Receive the run's workflow service."""
@@ -85,9 +87,17 @@ class PythiaCache(CachePolicy):
 
     # helpers -----------------------------------------------------------------------
 
+    def _hashes(self, job_id: str, u: Upcoming, block_size: int) -> np.ndarray:
+        """Block hashes of a predicted prefix (memoised: predictions repeat between calls)."""
+        key = (job_id, u.role, u.agent_id, len(u.prefix), int(u.prefix[:, 2].sum()), block_size)
+        h = self._hash_memo.get(key)
+        if h is None:
+            h = self._hash_memo[key] = block_hashes(u.prefix, block_size)
+        return h
+
     def _prefixes(self, job_id: str, block_size: int) -> list[tuple[Upcoming, np.ndarray]]:
         up = self.pred.upcoming(job_id)
-        return [(u, block_hashes(u.prefix, block_size)) for u in up or () if len(u.prefix)]
+        return [(u, self._hashes(job_id, u, block_size)) for u in up or () if len(u.prefix)]
 
     def _unpin_job(self, rid: int, job_id: str, out: list[CacheAction]) -> None:
         got = self.pins.get(rid, {}).pop(job_id, None)
@@ -110,35 +120,41 @@ class PythiaCache(CachePolicy):
         bs = kv.block_size
         out: list[CacheAction] = []
         prefixes = self._prefixes(req.job_id, bs)
-        self._unpin_job(rid, req.job_id, out)
         # Pin: leading resident blocks of likely next prompts, within budget and free share.
+        # Only the difference with the job's current pins is applied (most blocks stay).
         want: dict[int, None] = {}
         for u, h in prefixes:
             if u.probability >= self.pin_min_prob:
                 n = kv.cached_prefix_blocks(h)
                 want.update(dict.fromkeys(h[:n].tolist()))
-        if want:
-            budget = int(self.pin_budget * kv.total_blocks) - self.pin_count(rid)
-            room = kv.free_blocks + kv.cached_blocks - int(self.min_free * kv.total_blocks)
-            take = list(want)[: max(0, min(budget, room))]
-            if take:
-                self.pins.setdefault(rid, {})[req.job_id] = (now, take)
-                self.pinned_blocks[rid] = self.pin_count(rid) + len(take)
-                arr = np.asarray(take, dtype=np.int64)
-                out.append(CacheAction("pin", rid, arr))
-                if self.offload:
-                    out.append(CacheAction("offload", rid, arr))
+        old = self.pins.get(rid, {}).pop(req.job_id, (now, []))[1]
+        self.pinned_blocks[rid] = self.pin_count(rid) - len(old)
+        old_set = set(old)
+        budget = int(self.pin_budget * kv.total_blocks) - self.pin_count(rid)
+        room = kv.free_blocks + kv.cached_blocks + len(old) - int(self.min_free * kv.total_blocks)
+        take = list(want)[: max(0, min(budget, room))]
+        take_set = set(take)
+        drop = [x for x in old if x not in take_set]
+        add = [x for x in take if x not in old_set]
+        if drop:
+            out.append(CacheAction("unpin", rid, np.asarray(drop, dtype=np.int64)))
+        if take:
+            self.pins.setdefault(rid, {})[req.job_id] = (now, take)
+            self.pinned_blocks[rid] = self.pin_count(rid) + len(take)
+        if add:
+            arr = np.asarray(add, dtype=np.int64)
+            out.append(CacheAction("pin", rid, arr))
+            if self.offload:
+                out.append(CacheAction("offload", rid, arr))
         # Demote: the finished call's blocks no likely next prompt of the job contains.
         if self.demote:
-            reuse: dict[int, float] = {}
+            hs = req.block_hashes[self._shared_blocks(req, bs):]
+            reuse = np.zeros(len(hs))
             for u, h in prefixes:
-                for x in h.tolist():
-                    reuse[x] = reuse.get(x, 0.0) + u.probability
-            keep = self._shared_blocks(req, bs)
-            hs = req.block_hashes
-            drop = [x for x in hs[keep:].tolist() if reuse.get(x, 0.0) < self.demote_max_prob]
-            if drop:
-                out.append(CacheAction("demote", rid, np.asarray(drop, dtype=np.int64)))
+                reuse += u.probability * np.isin(hs, h, assume_unique=True)
+            low = hs[reuse < self.demote_max_prob]
+            if len(low):
+                out.append(CacheAction("demote", rid, low))
         return out
 
     def _shared_blocks(self, req: RequestView, block_size: int) -> int:
@@ -163,6 +179,10 @@ class PythiaCache(CachePolicy):
         for pool, rs in by_pool.items():
             pred.note_idle(pool, sum(1 for r in rs if r.num_running + r.num_waiting <= 2) / len(rs))
         live = {r.replica_id: r for r in replicas}
+        if len(self._hash_memo) > self._memo_cap:  # forget prefixes of ended jobs
+            self._hash_memo = {k: v for k, v in self._hash_memo.items() if pred.job(str(k[0])) is not None}
+            self._precomputed = {k for k in self._precomputed if pred.job(k[0]) is not None}
+            self._memo_cap = max(4096, 2 * len(self._hash_memo))
         for rid in list(self.pins):
             jobs = self.pins[rid]
             r = live.get(rid)
@@ -199,13 +219,13 @@ class PythiaCache(CachePolicy):
                 if not cands:
                     continue
                 r = cands[0]
-                h = block_hashes(u.prefix, r.kv.block_size)
-                if any(x.kv.cached_prefix_blocks(h) >= len(h) for x in replicas if x.pool == pool):
-                    continue  # already resident somewhere the router can send the call
-                key = (job_id, r.replica_id, len(h))
+                key = (job_id, r.replica_id, int(u.prefix[:, 2].sum()))
                 if key in self._precomputed:
                     continue
                 self._precomputed.add(key)
+                h = self._hashes(job_id, u, r.kv.block_size)
+                if any(x.kv.cached_prefix_blocks(h) >= len(h) for x in replicas if x.pool == pool):
+                    continue  # already resident somewhere the router can send the call
                 busy.add(r.replica_id)
                 if self.prefetch:
                     out.append(CacheAction("prefetch", r.replica_id, h))
