@@ -222,6 +222,14 @@ class IterationRun:
     def steps_within(self, budget: int, limit: int) -> int:
         """The largest ``m <= limit`` with ``total(m) <= budget`` (binary search)."""
         lo, hi = 0, limit
+        if hi > 0 and budget >= 0:
+            # Costs never fall with j (q1, q2 >= 0): budget // cost(hi) <= m <= budget // cost(1).
+            c1 = self.cost(1)
+            if c1 > 0 and budget // c1 < hi:
+                hi = budget // c1
+            ch = self.cost(hi) if hi > 0 else 0
+            if ch > 0:
+                lo = min(hi, budget // ch)
         while lo < hi:
             mid = (lo + hi + 1) // 2
             if self.total(mid) <= budget:

@@ -120,6 +120,8 @@ class Replica:
         self.pairs_now = 0
         self.kv_read_now = 0
         self.sampled_now = 0
+        self.loaded_now = 0
+        self.blocked_now = False
 
     # ------------------------------------------------------------------ views (ReplicaView)
 
@@ -339,6 +341,8 @@ class Replica:
                 budget -= n_new
                 self.admitted_now += 1
         self.preempted_now = preempted
+        # The admission loop stopped on blocks (not budget, queue or max_num_seqs) with a call still waiting.
+        self.blocked_now = budget > 0 and bool(self.waiting) and len(running) < flags.max_num_seqs
         if budget > 0 and self.background and not self.waiting and not preempted:
             for req in self.background:
                 if budget <= 0:
@@ -369,6 +373,7 @@ class Replica:
             req.computed_tokens += n
         self.tokens_now, self.pairs_now, self.kv_read_now, self.sampled_now = tokens, pairs, kv_read, sampled
         cost = self.cost.iteration_fs(tokens, len(sched), sampled, pairs, kv_read)
+        self.loaded_now = load_tokens
         if load_tokens:
             cost += load_tokens * self.cost.pcie_fs_per_token
         return cost
@@ -380,13 +385,16 @@ class Replica:
 
         Every scheduled call must either decode (one token, the last known one) or take a
         prefill chunk that leaves tokens for later (so it samples nothing); nothing may have
-        been admitted or preempted, no background work may wait, and the waiting queue's
-        order must be static. Then the next iterations schedule the same tokens per call
-        (the budget is spent the same way, a failed admission stays failed while blocks only
-        get scarcer) until a call finishes, a prefill reaches its last chunk, or blocks run out.
+        been preempted or loaded from the host tier, no background work may wait, and the
+        waiting queue's order must be static. Then the next iterations schedule the same
+        tokens per call: calls admitted by this iteration are running next time, ahead of the
+        queue, and get the same share of the budget; the budget left for the queue is the
+        same, and the admission that stopped this iteration's loop stays impossible (budget
+        spent, ``max_num_seqs`` reached, or too few blocks, and blocks only get scarcer).
+        That lasts until a call finishes, a prefill reaches its last chunk, or blocks run out.
         """
         sched = self.inflight
-        if self.preempted_now or self.admitted_now or not sched:
+        if self.preempted_now or self.loaded_now or not sched:
             return None
         if self.background or (self.waiting and self.sched.dynamic):
             return None
@@ -447,6 +455,18 @@ class Replica:
                 if kv.any_resident(req, upto):
                     return False
                 ranges.append((req.hlist, req.kv_ref, upto))
+        if self.blocked_now and ranges:
+            # The queue's head stays blocked unless its prefix hit grows: only if the run
+            # registers the first block it misses (chained hashes: that very hash at that index).
+            head = self.waiting.peek()
+            hl = head.hlist
+            limit = min((head.num_tokens - 1) // bs, len(hl))
+            k0 = kv.match(hl, limit)
+            if k0 < limit:
+                h = hl[k0]
+                for rl, lo, upto in ranges:
+                    if lo <= k0 < upto and rl[k0] == h:
+                        return False
         if len(ranges) > 1:
             # Two chained ranges share a hash only if one's first hash lies in the other's range.
             firsts = {hl[lo] for hl, lo, _ in ranges}
