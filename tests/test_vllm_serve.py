@@ -111,13 +111,20 @@ def _fake_launch(code: str, port: int) -> Any:
 
 
 def test_a_server_that_dies_gives_one_error_with_its_root_cause(tmp_path: Path) -> None:
-    code = "import sys; print('loading'); print('ValueError: No common block size for 16'); sys.exit(3)"
+    code = (
+        "import sys\n"
+        "print('(APIServer pid=1) WARNING 11-23 23:30:43 [x.py:1] fd limit errors like `OSError: [Errno 24] Too many`')\n"
+        "print('(Worker pid=2) ERROR 11-23 23:04:55 [multiproc_executor.py:1063] ValueError: No common block size for 16')\n"
+        "print('RuntimeError: Worker failed with error')\n"
+        "sys.exit(3)\n"
+    )
     srv = EngineServer(_fake_launch(code, free_port()), tmp_path / "engine.log", start_timeout_s=20)
     srv.start()
     with pytest.raises(EngineStartError) as e:
         srv.wait_healthy(poll_s=0.1)
     msg = str(e.value)
-    assert "exited with status 3" in msg and "ValueError: No common block size for 16" in msg.splitlines()[0]
+    first = msg.splitlines()[0]
+    assert "exited with status 3" in first and first.endswith("ValueError: No common block size for 16; log " + str(tmp_path / "engine.log") + ", last lines:")
     assert "engine.log" in msg and not srv.is_running()
 
 

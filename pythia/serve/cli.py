@@ -82,7 +82,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         tensor_parallel_size=args.tensor_parallel_size, extra_engine_args=list(args.engine_arg),
         progress=sys.stderr.isatty(),
     )
-    summary = real_run(trace, opts)
+    if args.backend == "sglang":
+        import importlib.util
+
+        if importlib.util.find_spec("sglang") is None:
+            raise PythiaInputError(
+                "option --backend sglang: SGLang is not installed here (it serves on GPU hosts only); "
+                "`pythia serve command --backend sglang --model M --check` prints and checks its command"
+            )
+    from pythia.serve.server import EngineStartError
+
+    try:
+        summary = real_run(trace, opts)
+    except EngineStartError as e:
+        print(f"pythia: error: {e}", file=sys.stderr)
+        return 1
     keys = ("jobs_completed", "calls_completed", "mean_jct_s", "p95_jct_s", "output_tokens_per_s", "prefix_hit_rate", "preemptions")
     short = {k: summary.get(k) for k in keys}
     print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in short.items()}))

@@ -51,15 +51,24 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-_ERROR_LINE = re.compile(r"\b([A-Z][A-Za-z]*(?:Error|Exception)): (.+)$")
+# A traceback's last line, bare or behind vLLM's "(Proc pid=N) ERROR date time [file:line] " prefix.
+_EXC_LINE = re.compile(
+    r"^(?:\([^)]*\)\s+ERROR\s+\S+\s+\S+\s+\[[^\]]*\]\s+)?"
+    r"((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception)): (.+)$"
+)
 
 
 def _root_cause(log_text: str) -> str | None:
-    """The first ``SomeError: message`` line of a log (the root cause comes before its echoes)."""
-    for line in log_text.splitlines():
-        m = _ERROR_LINE.search(line)
-        if m:
-            return f"{m.group(1)}: {m.group(2).strip()}"
+    """The first exception line of a log (the root cause comes before its echoes), shortened."""
+    lines = log_text.splitlines()
+    for i, line in enumerate(lines):
+        m = _EXC_LINE.match(line.strip())
+        if not m:
+            continue
+        name, msg = m.group(1).rsplit(".", 1)[-1], m.group(2).strip()
+        if "validation error" in msg and i + 1 < len(lines):  # pydantic puts the reason on the next line
+            msg = f"{msg}: {lines[i + 1].strip()}"
+        return f"{name}: {msg}"[:400]
     return None
 
 
