@@ -259,3 +259,18 @@ def test_reset_prefix_cache_drops_pins_first(model_dir: Path) -> None:
     sched.pin_prefix(list(first.block_hashes[:4]))
     assert sched.reset_prefix_cache() is True
     assert sched.pythia_pinner.pinned_blocks == 0
+
+
+def test_system_policies_run_in_the_plugin_and_hear_about_calls(model_dir: Path) -> None:
+    pytest.importorskip("pythia.policy.systems")
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, pythia={"hooks": "system:vllm"})
+    for i, role in enumerate(["planner", "explorer", "explorer"]):
+        sched.add_request(make_request(f"s{i}", tokens(60 + i, 40), 3, annotation(role, job="job-9", step=i)))
+    sched.add_request(make_request("plain", tokens(70, 40), 3, None))
+    predictor = sched.pythia_hooks.predictor
+    assert predictor is not None and predictor.job("job-9").calls_issued == 3
+    steps = drive(sched, max_steps=200)
+    assert [r for s in steps for r in s.new] == ["s0", "s1", "s2", "plain"]  # the vllm system is stock FCFS
+    info = predictor.job("job-9")
+    assert info.calls_finished == 3 and info.roles_done.count("explorer") == 2
+    assert sched.stats_dict()["hook_errors"] == 0

@@ -441,11 +441,17 @@ class RolePriority(PriorityScheduling):
 
 @dataclass
 class Hooks:
-    """The hooks one engine uses."""
+    """The hooks one engine uses.
+
+    ``predictor`` is the run's workflow service (:class:`pythia.policy.workflow.Predictor`),
+    when the policies share one: the host reports jobs starting and calls being issued and
+    finishing to it.
+    """
 
     scheduling: Any = field(default_factory=FCFSScheduling)
     cache: Any = field(default_factory=LRUCache)
     source: str = "fcfs"
+    predictor: Any = None
 
     @property
     def is_stock(self) -> bool:
@@ -503,4 +509,4 @@ def _hooks_from_object(obj: Any, spec: str) -> Hooks:
         for name in ("on_finish", "on_tick"):
             if not callable(getattr(cache, name, None)):
                 raise PythiaInputError(f"hooks {spec!r}: cache hooks lack {name}()")
-    return Hooks(scheduling=sched, cache=cache or LRUCache(), source=spec)
+    return Hooks(scheduling=sched, cache=cache or LRUCache(), source=spec, predictor=getattr(obj, "predictor", None))

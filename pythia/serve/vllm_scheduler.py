@@ -207,7 +207,8 @@ class _PythiaAdapter:
         self.policy = SchedulingPolicy.PRIORITY
         if self.waiting:  # type: ignore[has-type]
             raise RuntimeError("the scheduler's waiting queue must be empty when the plugin starts")
-        self.waiting = PythiaRequestQueue(self.pythia_hooks.scheduling.new_queue(), self._views)
+        inner = self.pythia_hooks.scheduling.new_queue()
+        self.waiting = PythiaRequestQueue(inner, self._views)
         pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
         groups = list(range(len(self.kv_cache_config.kv_cache_groups)))  # type: ignore[attr-defined]
         budget = int(self.pythia_config.pin_budget_fraction * (pool.num_gpu_blocks - 1))
@@ -215,6 +216,11 @@ class _PythiaAdapter:
         self._hash_index = HashIndex(4 * pool.num_gpu_blocks)
         self._kv_view = EngineKVView(pool, self.block_size, self._hash_index, self.pythia_pinner)  # type: ignore[attr-defined]
         self._replica_view = EngineReplicaView(self, self._kv_view, self.pythia_config.pool, self._views)
+        attach = getattr(inner, "attach", None)
+        if callable(attach):  # queues that read the cache (prefix matching) see this engine's pool
+            attach(self._replica_view)
+        self._predictor = self.pythia_hooks.predictor
+        self._jobs_seen: set[str] = set()
         self._events = _open_events(self.pythia_config.events_path)
         self._stats_due = 0.0
         logger.info(
@@ -250,6 +256,13 @@ class _PythiaAdapter:
                 st.annotated += 1
             else:
                 st.unannotated += 1
+            if self._predictor is not None and view.annotated:
+                now = time.time()
+                if view.job_id not in self._jobs_seen:
+                    # The engine sees a job's first call, not its start: the nearest fact it has.
+                    self._jobs_seen.add(view.job_id)
+                    self._call_hook(self._predictor.job_started, view.job_id, view.workflow_type, view.workflow_id, now)
+                self._call_hook(self._predictor.call_issued, view, now)
             if self._events is not None:
                 ann = parsed.annotation
                 self._event({
@@ -268,6 +281,8 @@ class _PythiaAdapter:
         if self._events is not None:
             self._event({"event": "finish", "request_id": request.request_id, "status": str(request.status),
                          "preemptions": request.num_preemptions, "output_tokens": request.num_output_tokens})
+        if view is not None and view.annotated and self._predictor is not None:
+            self._call_hook(self._predictor.call_finished, view, time.time())
         if view is not None and not getattr(self.pythia_hooks.cache, "is_stock", False):
             self._hash_index.add(request.block_hashes)
             self._apply(self._call_hook(self.pythia_hooks.cache.on_finish, view, self._replica_view, time.time()))
