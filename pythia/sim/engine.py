@@ -199,8 +199,8 @@ class Replica:
         """Apply the results of the iteration that just ended."""
         finished: list[SimRequest] = []
         for req, n in self.inflight.items():
-            req.num_computed_tokens += n
-            if req.num_computed_tokens >= req.num_tokens:
+            c = req.num_computed_tokens = req.num_computed_tokens + n
+            if c >= req.prompt_tokens + req.num_output_tokens:
                 if req.background:
                     finished.append(req)
                     continue
@@ -259,6 +259,8 @@ class Replica:
             threshold = 0  # nobody to starve (as vLLM)
         sched: dict[SimRequest, int] = {}
         preempted = False
+        # The batch's cost terms, summed as calls are scheduled (see costmodel).
+        tokens = pairs = kv_read = sampled = 0
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
@@ -268,6 +270,11 @@ class Replica:
                 # A decode step inside a block: no new block, no newly full block.
                 sched[req] = 1
                 budget -= 1
+                tokens += 1
+                pairs += c + 1
+                kv_read += c + 1
+                sampled += 1
+                req.computed_tokens += 1
                 i += 1
                 continue
             if 0 < threshold < n_new:
@@ -287,6 +294,13 @@ class Replica:
                 restored = sched.pop(victim, None)
                 if restored is not None:
                     budget += restored
+                    cv = victim.num_computed_tokens
+                    tokens -= restored
+                    pairs -= restored * cv + restored * (restored + 1) // 2
+                    kv_read -= cv + restored
+                    if cv + restored >= victim.prompt_tokens + victim.num_output_tokens:
+                        sampled -= 1
+                    victim.computed_tokens -= restored
                 self._preempt(victim, now)
                 preempted = True
                 if victim is req:
@@ -296,6 +310,12 @@ class Replica:
                 break
             sched[req] = n_new
             budget -= n_new
+            tokens += n_new
+            pairs += n_new * c + n_new * (n_new + 1) // 2
+            kv_read += c + n_new
+            if c + n_new >= req.prompt_tokens + req.num_output_tokens:
+                sampled += 1
+            req.computed_tokens += n_new
             i += 1
         self.admitted_now = 0
         load_tokens = 0
@@ -339,6 +359,12 @@ class Replica:
                 running.append(req)
                 sched[req] = n_new
                 budget -= n_new
+                tokens += n_new
+                pairs += n_new * hit + n_new * (n_new + 1) // 2
+                kv_read += hit + n_new
+                if hit + n_new >= nt:
+                    sampled += 1
+                req.computed_tokens += n_new
                 self.admitted_now += 1
         self.preempted_now = preempted
         # The admission loop stopped on blocks (not budget, queue or max_num_seqs) with a call still waiting.
@@ -355,22 +381,20 @@ class Replica:
                             continue
                         kv.acquire(req, k)
                         req.num_computed_tokens = k * bs
-                    n_new = min(req.num_tokens - req.num_computed_tokens, budget)
+                    c = req.num_computed_tokens
+                    n_new = min(req.num_tokens - c, budget)
                     if self._alloc(req, n_new):
                         sched[req] = n_new
                         budget -= n_new
+                        tokens += n_new
+                        pairs += n_new * c + n_new * (n_new + 1) // 2
+                        kv_read += c + n_new
+                        if c + n_new >= req.num_tokens:
+                            sampled += 1
+                        req.computed_tokens += n_new
         self.inflight = sched
         if not sched:
             return None
-        tokens = pairs = kv_read = sampled = 0
-        for req, n in sched.items():
-            c = req.num_computed_tokens
-            tokens += n
-            pairs += n * c + n * (n + 1) // 2
-            kv_read += c + n
-            if c + n >= req.prompt_tokens + req.num_output_tokens:
-                sampled += 1
-            req.computed_tokens += n
         self.tokens_now, self.pairs_now, self.kv_read_now, self.sampled_now = tokens, pairs, kv_read, sampled
         cost = self.cost.iteration_fs(tokens, len(sched), sampled, pairs, kv_read)
         self.loaded_now = load_tokens
@@ -448,13 +472,28 @@ class Replica:
         kv, bs = self.kv, self.kv.block_size
         ranges = []
         k = seg.k
+        index = kv.index if isinstance(kv, ExtentKVCache) and kv.caching else None
         for req, c, q in zip(seg.batch, seg.c0, seg.q):
             upto = (c + k * q) // bs
-            if upto > req.kv_ref:
-                upto = min(upto, len(req.hlist))
-                if kv.any_resident(req, upto):
+            lo = req.kv_ref
+            if upto > lo:
+                hl = req.hlist
+                if upto > len(hl):
+                    upto = len(hl)
+                    if upto <= lo:
+                        continue
+                if index is not None:  # ExtentKVCache.any_resident, inlined: this runs for every plan
+                    path = req.kv_path
+                    if path:
+                        e = path[-1][0]
+                        if e.res > lo and e.chain[lo] == hl[lo]:
+                            return False
+                    f = index.get(hl[lo])
+                    if f is not None and f.a == lo:
+                        return False
+                elif kv.any_resident(req, upto):
                     return False
-                ranges.append((req.hlist, req.kv_ref, upto))
+                ranges.append((hl, lo, upto))
         if self.blocked_now and ranges:
             # The queue's head stays blocked unless its prefix hit grows: only if the run
             # registers the first block it misses (chained hashes: that very hash at that index).
