@@ -73,3 +73,21 @@ def test_merge_and_single_piece_content_id():
     segs = segments([(3, 0, 10), (3, 10, 6), (4, 0, 16)])
     assert merge_segments(segs).tolist() == [[3, 0, 16], [4, 0, 16]]
     assert mix(3, 0) == mix(3, 0)  # block ids come from the stable SplitMix64 mix
+
+
+seq_pairs = st.lists(st.tuples(
+    st.lists(st.tuples(st.integers(1, 4), st.integers(0, 40), st.integers(1, 60)), max_size=6),
+    st.lists(st.tuples(st.integers(1, 4), st.integers(0, 40), st.integers(1, 60)), max_size=2),
+), max_size=8)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seq_pairs, st.sampled_from([1, 4, 16]))
+def test_hashing_many_sequences_at_once_equals_one_by_one(pairs, bs):
+    from pythia.workflow.blocks import sequence_hashes_many
+
+    seqs = [(segments(p), segments(o)) for p, o in pairs]
+    many = sequence_hashes_many(seqs, bs)
+    assert len(many) == len(seqs)
+    for (p, o), h in zip(seqs, many):
+        assert np.array_equal(h, sequence_hashes(p, o, bs))

@@ -23,10 +23,11 @@ from pythia.sim.costmodel import FS_PER_S
 from pythia.sim.events import ISSUE, JOB, EventQueue
 from pythia.sim.engine import Replica
 from pythia.sim.request import SimRequest
-from pythia.workflow.blocks import sequence_hashes
+from pythia.workflow.blocks import sequence_hashes, sequence_hashes_many
 from pythia.workflow.trace import Call, Job, Trace, segments
 
 CLAMP_OUTPUT_SHARE = 8  # a clamped call keeps at most context // 8 output tokens
+HASH_AHEAD_BLOCKS = 1 << 17  # blocks of upcoming calls hashed together
 
 
 def cut_segments(segs: np.ndarray, tokens: int) -> np.ndarray:
@@ -88,6 +89,18 @@ class Runtime:
         self.clamped = 0
         self.live: dict[int, SimRequest] = {}
         self.predictor = cluster.policies.predictor
+        # Jobs in the order they start (arrival time, then index, as their events run): calls
+        # are hashed ahead in that order (see _prepare).
+        jobs = trace.jobs
+        if self.closed:
+            self._order = list(range(len(jobs)))
+        else:
+            self._order = sorted(range(len(jobs)), key=lambda i: (jobs[i].arrival_s or 0.0, i))
+        self._order_pos = [0] * len(jobs)
+        for p, i in enumerate(self._order):
+            self._order_pos[i] = p
+        self._prepared_upto = 0
+        self._prepared: dict[tuple[int, int], tuple[tuple[int, int, np.ndarray, np.ndarray, bool], np.ndarray]] = {}
 
     # ------------------------------------------------------------------ jobs
 
@@ -144,6 +157,8 @@ class Runtime:
             (now - st.start_fs) / FS_PER_S, len(job.calls), st.done, not st.failed, depth[cp], gaps[cp],
         ))
         del self.states[st.index]
+        for c in range(len(job.calls)):  # calls never issued (after a rejection) were hashed ahead
+            self._prepared.pop((st.index, c), None)
         self.predictor.job_ended(job.job_id, now / FS_PER_S)
         if self.closed and self.next_job < len(self.trace.jobs):
             self._start_job(self.next_job, now)
@@ -151,22 +166,60 @@ class Runtime:
 
     # ------------------------------------------------------------------ calls
 
+    def _content(self, job: Job, call: Call) -> tuple[int, int, np.ndarray, np.ndarray, bool]:
+        """Prompt and output lengths after the context clamp, the segments hashed, and whether it clamped."""
+        pool = self.cluster.pool_for(call.model)
+        prompt_n, out_n = clamp_lengths(call.input_tokens, call.output_tokens, pool.context_len)
+        prompt, output = call.prompt, job.output_segments(call)
+        clamped = False
+        if (prompt_n, out_n) != (call.input_tokens, max(1, call.output_tokens)):
+            clamped = prompt_n + out_n < call.input_tokens + call.output_tokens
+            prompt = cut_segments(prompt, prompt_n) if prompt_n < call.input_tokens else prompt
+            output = cut_segments(output, out_n) if out_n <= call.output_tokens else output
+        if len(prompt) and int(prompt[:, 2].sum()) != prompt_n:
+            prompt = segments([(job.uid, 0, prompt_n)])  # a trace without content: unique tokens
+        return prompt_n, out_n, prompt, output if out_n <= call.output_tokens else segments([]), clamped
+
+    def _prepare(self, index: int) -> None:
+        """Hash the calls of the jobs from the next unhashed one in start order through job ``index``.
+
+        Hashing call by call is dominated by per-call numpy overhead, so the calls of upcoming
+        jobs are hashed together, about ``HASH_AHEAD_BLOCKS`` blocks at a time (bounded memory).
+        """
+        order, jobs, bs = self._order, self.trace.jobs, self.block_size
+        pos = self._order_pos[index]
+        end, blocks = self._prepared_upto, 0
+        keys, contents = [], []
+        while end < len(order) and (end <= pos or blocks < HASH_AHEAD_BLOCKS):
+            j = order[end]
+            job = jobs[j]
+            for call in job.calls:
+                c = self._content(job, call)
+                keys.append((j, call.call_id))
+                contents.append(c)
+                blocks += (c[0] + c[1]) // bs
+            end += 1
+        self._prepared_upto = end
+        hashes = sequence_hashes_many([(c[2], c[3]) for c in contents], bs)
+        for key, c, h in zip(keys, contents, hashes):
+            self._prepared[key] = (c, h)
+
     def on_issue(self, now: int, index: int, call_id: int) -> None:
         """Issue call ``call_id`` of started job ``index``: build the request and route it."""
         st = self.states[index]
         job = st.job
         call = job.calls[call_id]
         pool = self.cluster.pool_for(call.model)
-        prompt_n, out_n = clamp_lengths(call.input_tokens, call.output_tokens, pool.context_len)
-        prompt, output = call.prompt, job.output_segments(call)
-        if (prompt_n, out_n) != (call.input_tokens, max(1, call.output_tokens)):
-            if prompt_n + out_n < call.input_tokens + call.output_tokens:
-                self.clamped += 1
-            prompt = cut_segments(prompt, prompt_n) if prompt_n < call.input_tokens else prompt
-            output = cut_segments(output, out_n) if out_n <= call.output_tokens else output
-        if len(prompt) and int(prompt[:, 2].sum()) != prompt_n:
-            prompt = segments([(job.uid, 0, prompt_n)])  # a trace without content: unique tokens
-        hashes = sequence_hashes(prompt, output if out_n <= call.output_tokens else segments([]), self.block_size)
+        got = self._prepared.pop((index, call_id), None)
+        if got is None and self._order_pos[index] >= self._prepared_upto:
+            self._prepare(index)
+            got = self._prepared.pop((index, call_id), None)
+        if got is None:  # not prepared ahead (issued again): hash it alone
+            content = self._content(job, call)
+            got = (content, sequence_hashes(content[2], content[3], self.block_size))
+        (prompt_n, out_n, prompt, _, clamped), hashes = got
+        if clamped:
+            self.clamped += 1
         req = SimRequest(
             self.next_request_id, job_id=job.job_id, workflow_type=job.workflow_type,
             workflow_id=job.workflow_id, agent_role=call.agent_role, agent_id=call.agent_id or call.agent_role,

@@ -23,6 +23,9 @@ SplitMix64 finaliser of ``(S_i, i)`` so that the hash also depends on the block 
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from typing import Sequence
+
 import numpy as np
 
 from pythia.workflow.hashing import MASK63, mix
@@ -166,3 +169,88 @@ def sequence_hashes(prompt: np.ndarray, output: np.ndarray, block_size: int) -> 
     if len(output) == 0:
         return block_hashes(prompt, block_size)
     return block_hashes(np.concatenate([prompt, output]), block_size)
+
+
+def sequence_hashes_many(seqs: Sequence[tuple[np.ndarray, np.ndarray]], block_size: int) -> list[np.ndarray]:
+    """:func:`sequence_hashes` of many ``(prompt, output)`` pairs at once (the same values).
+
+    One call costs a few dozen numpy operations whatever the length, so hashing short
+    sequences one by one is dominated by per-call overhead; here the work is vectorised
+    across sequences (segmented sums restart at each sequence) and only blocks straddling a
+    run boundary are folded one at a time, as in :func:`block_content_ids`.
+    """
+    n_seq = len(seqs)
+    if n_seq == 0:
+        return []
+    parts: list[np.ndarray] = []
+    lens = np.empty(n_seq, dtype=np.int64)
+    for i, (prompt, output) in enumerate(seqs):
+        p = np.asarray(prompt, dtype=np.int64).reshape(-1, 3)
+        o = np.asarray(output, dtype=np.int64).reshape(-1, 3)
+        parts.append(p)
+        parts.append(o)
+        lens[i] = len(p) + len(o)
+    segs = np.concatenate(parts) if parts else np.empty((0, 3), dtype=np.int64)
+    sid = np.repeat(np.arange(n_seq), lens)
+    if len(segs) > 1:  # merge_segments within each sequence
+        key, off, tok = segs[:, 0], segs[:, 1], segs[:, 2]
+        cont = (sid[1:] == sid[:-1]) & (key[1:] == key[:-1]) & (off[1:] == off[:-1] + tok[:-1])
+        if cont.any():
+            keep = np.flatnonzero(np.concatenate(([True], ~cont)))
+            merged = segs[keep].copy()
+            merged[:, 2] = np.add.reduceat(tok, keep)
+            segs, sid = merged, sid[keep]
+    bs = block_size
+    tok = segs[:, 2]
+    cum = np.concatenate(([0], np.cumsum(tok)))
+    seq_lo = np.searchsorted(sid, np.arange(n_seq), side="left")
+    seq_hi = np.searchsorted(sid, np.arange(n_seq), side="right")
+    nblk = (cum[seq_hi] - cum[seq_lo]) // bs
+    boff = np.concatenate(([0], np.cumsum(nblk)))
+    total = int(boff[-1])
+    content = np.empty(total, dtype=np.int64)
+    if total:
+        ends = cum[1:] - cum[seq_lo][sid]  # within each sequence
+        starts = ends - tok
+        first = -(-starts // bs)
+        last = np.minimum(ends // bs, nblk[sid])
+        count = np.maximum(last - first, 0)
+        n_in = int(count.sum())
+        if n_in:
+            run = np.repeat(np.arange(len(segs)), count)
+            blk = np.arange(n_in) - np.repeat(np.cumsum(count) - count, count) + first[run]
+            content[boff[sid[run]] + blk] = mix_pairs(segs[run, 0], segs[run, 1] + blk * bs - starts[run])
+        cut = np.flatnonzero(starts % bs != 0)  # a sequence's first run starts at 0: never cut
+        if len(cut):
+            # Few blocks (about one per sequence): plain Python on lists beats numpy scalars.
+            keys, offs = segs[:, 0].tolist(), segs[:, 1].tolist()
+            st_l, en_l, sid_l = starts.tolist(), ends.tolist(), sid.tolist()
+            lo_l, hi_l, nb_l, bo_l = seq_lo.tolist(), seq_hi.tolist(), nblk.tolist(), boff.tolist()
+            done: set[tuple[int, int]] = set()
+            for j in cut.tolist():
+                sq, b = sid_l[j], st_l[j] // bs
+                if b >= nb_l[sq] or (sq, b) in done:
+                    continue
+                done.add((sq, b))
+                lo, hi = b * bs, (b + 1) * bs
+                i = bisect_right(en_l, lo, lo_l[sq], hi_l[sq])
+                end_i = hi_l[sq]
+                h = 0x5EED
+                while i < end_i and st_l[i] < hi:
+                    a = max(lo, st_l[i])
+                    e = min(hi, en_l[i])
+                    h = mix(mix(h, keys[i]), ((offs[i] + a - st_l[i]) << 20) ^ (e - a))
+                    i += 1
+                content[bo_l[sq] + b] = h
+        # Chain each sequence: P^i * (segmented prefix sums of c_j P^-j), i local to the sequence.
+        pos = np.arange(total) - np.repeat(boff[:-1], nblk)
+        p, q = _powers(int(nblk.max()))
+        x = content.astype(np.uint64)
+        x *= q[pos]
+        np.cumsum(x, out=x)
+        prev = np.concatenate((np.zeros(1, dtype=np.uint64), x))[boff[:-1]]
+        x -= np.repeat(prev, nblk)  # wraps modulo 2^64 like the sums themselves
+        x *= p[pos]
+        content = mix_pairs(x, (pos + 1).astype(np.uint64))
+    bo = boff.tolist()
+    return [content[bo[i]:bo[i + 1]].copy() for i in range(n_seq)]  # own arrays, as sequence_hashes
