@@ -511,6 +511,11 @@ class Replica:
             firsts = {hl[lo] for hl, lo, _ in ranges}
             if len(firsts) < len(ranges):
                 return False
+            if index is not None:
+                # Extents: had one range's first hash sat inside another range further on, the
+                # block before it (held by its call) would be resident inside that other range,
+                # so that range's own first block would be resident too: refused above.
+                return True
             for hl, lo, upto in ranges:
                 if upto - lo > 1 and not firsts.isdisjoint(hl[lo + 1:upto]):
                     return False
