@@ -147,11 +147,21 @@ class Replica:
 
     def enqueue(self, req: SimRequest, now: int) -> None:
         """A call reaches this replica's waiting queue at ``now``."""
-        self.sync(now)
         req.arrival_fs = now
         req.arrival_s = now / FS_PER_S
         req.replica_id = self.replica_id
-        self.waiting.add(req)
+        waiting = self.waiting
+        if self.seg is not None and len(waiting):
+            head = waiting.peek()
+            waiting.add(req)
+            if waiting.peek() is head:
+                # Queued behind a head the planned run already keeps waiting (static order):
+                # no boundary of the run changes, so the run goes on uncut.
+                return
+            self.sync(now)
+        else:
+            self.sync(now)
+            waiting.add(req)
         if not self.busy:
             self._boundary(now)
 
