@@ -73,7 +73,7 @@ def test_annotations_are_parsed_and_malformed_ones_counted(model_dir: Path) -> N
 
 
 def test_custom_priority_decides_admission_order(model_dir: Path) -> None:
-    sched = make_scheduler(PythiaSyncScheduler, model_dir, max_num_seqs=1, pythia={"hooks": "roles:verifier,engineer,planner"})
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, max_num_seqs=1, pythia={"hooks": "vllm_support:roles"})
     for i, role in enumerate(["planner", "engineer", None, "verifier", "engineer"]):
         sched.add_request(make_request(f"c{i}", tokens(10 + i, 20), 2, annotation(role) if role else None))
     steps = drive(sched, max_steps=200)

@@ -19,17 +19,12 @@ from hypothesis import strategies as st
 
 from pythia.bench.metrics import NvmlSampler, PrometheusScraper, engine_row, parse_prometheus
 from pythia.errors import PythiaInputError
-from pythia.serve.adapter import (
-    FCFSQueue,
-    FCFSScheduling,
-    PriorityQueue,
-    PriorityScheduling,
-    RolePriority,
-    load_hooks,
-    parse_extra_args,
-)
+from pythia.policy.fcfs import FCFS, FCFSQueue
+from pythia.policy.lru import LRU
+from pythia.serve.adapter import load_hooks, parse_extra_args, segments_hint
 from pythia.serve.engines import build_launch, check_launch, engine_flags
 from pythia.serve.server import EngineServer, EngineStartError, free_port
+from vllm_support import PriorityQueue, PriorityScheduling, RolePriority
 
 # --------------------------------------------------------------------------- engine commands
 
@@ -344,6 +339,13 @@ def test_annotation_parsing_never_raises() -> None:
                            "pythia_hint.output_tokens": 120, "kv_transfer_params": None})
     assert ok.annotation is not None and ok.hints == {"output_tokens": 120} and not ok.malformed
     assert parse_extra_args(None).annotation is None and not parse_extra_args({}).malformed
+    hinted = parse_extra_args({"pythia.workflow_type": "w", "pythia.workflow_id": "j", "pythia.agent_role": "r",
+                               "pythia_hint.prompt": [5, 0, 64, 7, 3, 10], "pythia_hint.deps": [0, 1],
+                               "pythia_hint.last_call": 1, "pythia_hint.output": [1, 2]})
+    assert hinted.annotation is not None and hinted.bad_hints == ("output",)
+    assert hinted.hints["prompt"].tolist() == [[5, 0, 64], [7, 3, 10]] and hinted.hints["deps"] == (0, 1)
+    assert hinted.hints["last_call"] is True and "output" not in hinted.hints
+    assert segments_hint([1, -1, 2]) is None and segments_hint("x") is None and segments_hint([]).shape == (0, 3)
     for bad in ({"pythia.agent_role": "r"}, {"pythia.workflow_type": "w w", "pythia.workflow_id": "j",
                                             "pythia.agent_role": "r"}, {"pythia.step": -1}, {1: 2, "pythia.x": 1}):
         p = parse_extra_args(bad)  # type: ignore[arg-type]
@@ -351,13 +353,16 @@ def test_annotation_parsing_never_raises() -> None:
 
 
 def test_hooks_are_loaded_by_name() -> None:
-    assert isinstance(load_hooks(None).scheduling, FCFSScheduling) and load_hooks("fcfs").is_stock
-    h = load_hooks("roles:a,b")
+    # The default is the vllm system's own policy objects (pythia.policy), not a copy of them.
+    default = load_hooks(None)
+    assert type(default.scheduling) is FCFS and type(default.cache) is LRU and default.is_stock
+    assert default.source == "system:vllm" and default.predictor is not None and load_hooks("fcfs").is_stock
+    h = load_hooks("vllm_support:roles")
     assert isinstance(h.scheduling, RolePriority) and not h.is_stock
     with pytest.raises(PythiaInputError, match="cannot import"):
         load_hooks("no_such_module_xyz:thing")
-    with pytest.raises(PythiaInputError, match="at least one role"):
-        load_hooks("roles:")
+    with pytest.raises(PythiaInputError, match="unknown|no system|not found"):
+        load_hooks("system:no_such_system")
     with pytest.raises(PythiaInputError, match="expected fcfs"):
         load_hooks("whatever")
 

@@ -11,13 +11,17 @@ Also the hook objects tests load by name (``vllm_support:...``) through the plug
 
 from __future__ import annotations
 
+import bisect
+import itertools
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from pythia.serve.adapter import Hooks, PriorityScheduling
+from pythia.policy.fcfs import FCFS, FCFSQueue
+from pythia.serve.adapter import Hooks
 
 SAMPLED_TOKEN = 100
 _HASH_READY = False
@@ -165,6 +169,132 @@ def drive(sched: Any, max_steps: int = 2000, on_step: Callable[[Step], None] | N
     raise AssertionError(f"the scheduler still had requests after {max_steps} steps")
 
 
+# --------------------------------------------------------------------------- example policies
+# Small policies written as a score, to exercise the host's queue, refresh and victim paths
+# with orders a test controls. Pythia's and the baselines' policies live in pythia.policy.
+
+
+class PriorityQueue:
+    """A waiting queue ordered by ``(priority, tiebreak)``: lower priority values go first.
+
+    Ties keep vLLM's FCFS semantics: ``add`` puts a call behind every equal-priority call,
+    ``prepend`` in front of them (a preempted call resumes first among equals). With a
+    constant priority the order is exactly FCFS's. ``refresh`` recomputes every
+    priority (aging) and re-sorts; it is called each step when the policy is dynamic.
+    """
+
+    __slots__ = ("_policy", "_items", "_keys", "_back", "_front", "_now")
+
+    def __init__(self, policy: "PriorityScheduling") -> None:
+        self._policy = policy
+        # Sorted by descending key so that the front of the queue is the list's end (O(1) pop).
+        self._items: list[Any] = []
+        self._keys: dict[int, tuple[float, int]] = {}
+        self._back = itertools.count(1)
+        self._front = itertools.count(-1, -1)
+        self._now = 0.0
+
+    def _neg(self, req: Any) -> tuple[float, int]:
+        p, t = self._keys[id(req)]
+        return (-p, -t)
+
+    def _insert(self, req: Any, tiebreak: int) -> None:
+        self._keys[id(req)] = (float(self._policy.priority(req, self._now)), tiebreak)
+        bisect.insort(self._items, req, key=self._neg)
+
+    def add(self, req: Any) -> None:
+        """Enqueue behind every call of equal priority."""
+        self._insert(req, next(self._back))
+
+    def prepend(self, req: Any) -> None:
+        """Enqueue in front of every call of equal priority."""
+        self._insert(req, next(self._front))
+
+    def peek(self) -> Any:
+        """The call with the lowest priority value."""
+        if not self._items:
+            raise IndexError("peek from an empty queue")
+        return self._items[-1]
+
+    def pop(self) -> Any:
+        """Remove and return :meth:`peek`'s call."""
+        req = self._items.pop()
+        del self._keys[id(req)]
+        return req
+
+    def remove(self, req: Any) -> None:
+        """Remove one call."""
+        for i in range(len(self._items) - 1, -1, -1):
+            if self._items[i] is req:
+                del self._items[i]
+                del self._keys[id(req)]
+                return
+        raise ValueError("request not in queue")
+
+    def refresh(self, now: float) -> None:
+        """Recompute every priority at ``now`` and re-sort."""
+        self._now = now
+        prio = self._policy.priority
+        for req in self._items:
+            self._keys[id(req)] = (float(prio(req, now)), self._keys[id(req)][1])
+        self._items.sort(key=self._neg)
+
+    def priority_of(self, req: Any) -> float:
+        """The priority value the queue holds for ``req``."""
+        return self._keys[id(req)][0]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Any]:
+        return reversed(self._items)
+
+
+class PriorityScheduling(ABC):
+    """Scheduling written as a score: lower ``priority(view, now)`` is served first.
+
+    The victim is the running call with the highest priority value; ties go to the most
+    recently admitted, as in vLLM.
+    """
+
+    name: str = "priority"
+    dynamic: bool = False
+
+    @abstractmethod
+    def priority(self, req: Any, now: float) -> float:
+        """The priority value of a waiting or running call (lower first)."""
+
+    def new_queue(self) -> PriorityQueue:
+        """An empty queue ordered by :meth:`priority`."""
+        return PriorityQueue(self)
+
+    def victim(self, running: Sequence[Any], now: float) -> Any:
+        """The running call with the highest priority value (the latest admitted among ties)."""
+        best_i, best_p = len(running) - 1, float("-inf")
+        for i in range(len(running) - 1, -1, -1):
+            p = float(self.priority(running[i], now))
+            if p > best_p:
+                best_i, best_p = i, p
+        return running[best_i]
+
+
+class RolePriority(PriorityScheduling):
+    """A static example policy: agent roles in a given order, unannotated calls last.
+
+    It exists to exercise the host (tests, examples); Pythia's own policies live in
+    :mod:`pythia.policy`.
+    """
+
+    name = "role-priority"
+
+    def __init__(self, roles: Sequence[str]) -> None:
+        self.rank = {r: i for i, r in enumerate(roles)}
+
+    def priority(self, req: Any, now: float) -> float:
+        """The role's position in ``roles``; unknown roles after every listed one."""
+        return float(self.rank.get(req.agent_role, len(self.rank)))
+
+
 # --------------------------------------------------------------------------- hooks loaded by name
 
 
@@ -200,8 +330,6 @@ class FirstAdmittedVictim:
     dynamic = False
 
     def __init__(self) -> None:
-        from pythia.serve.adapter import FCFSQueue
-
         self._queue_cls = FCFSQueue
         self.choices: list[str] = []
 
@@ -251,6 +379,9 @@ def first_admitted_victim() -> Hooks:
 
 def pin_planner() -> Hooks:
     """Hooks factory for ``vllm_support:pin_planner``: FCFS plus pins of planner prefixes."""
-    from pythia.serve.adapter import FCFSScheduling
+    return Hooks(scheduling=FCFS(), cache=PinRoleCache(), source="vllm_support:pin_planner")
 
-    return Hooks(scheduling=FCFSScheduling(), cache=PinRoleCache(), source="vllm_support:pin_planner")
+
+def roles() -> Hooks:
+    """Hooks factory for ``vllm_support:roles``: verifier, then engineer, then planner, then the rest."""
+    return Hooks(scheduling=RolePriority(["verifier", "engineer", "planner"]), source="vllm_support:roles")

@@ -126,7 +126,7 @@ def register(subparsers: Any) -> None:
     cm.add_argument("--system", help="system name (baselines/NAME.yaml) whose engine flags to use")
     cm.add_argument("--port", type=int, default=8000)
     cm.add_argument("--plugin", action="store_true", help="load the Pythia scheduler plugin (vLLM)")
-    cm.add_argument("--hooks", help="the plugin's hooks (fcfs, roles:A,B, system:NAME, module:attr)")
+    cm.add_argument("--hooks", help="the policies the plugin hosts (system:NAME, default the --system; or module:attr)")
     cm.add_argument("--max-model-len", type=int)
     cm.add_argument("--tensor-parallel-size", type=int, default=1)
     cm.add_argument("--check", action="store_true", help="validate the flags without starting the server")

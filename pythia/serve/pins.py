@@ -72,6 +72,16 @@ class HashIndex:
         while len(m) > self.capacity:
             m.popitem(last=False)
 
+    def add_pairs(self, pairs: Iterable[tuple[int, Any]]) -> None:
+        """Remember ``(Pythia name, engine hash)`` pairs (segment-hash names, see the request view)."""
+        m = self._map
+        for hid, h in pairs:
+            if hid in m:
+                m.move_to_end(hid)
+            m[hid] = h
+        while len(m) > self.capacity:
+            m.popitem(last=False)
+
     def get(self, hid: int) -> Any | None:
         """The engine hash of an id, if known."""
         return self._map.get(int(hid))

@@ -8,7 +8,8 @@ synchronously (its CPU platform sets ``async_scheduling = False``), use
 :class:`PythiaSyncScheduler`, the same adapter over ``Scheduler``, which is what stock vLLM
 runs there.
 
-What the adapter does, and nothing more (every choice comes from :mod:`pythia.serve.adapter`):
+What the adapter does, and nothing more (every choice comes from the hosted :mod:`pythia.policy`
+objects, loaded by :func:`pythia.serve.adapter.load_hooks`):
 
 - parses each new request's annotation from ``request.sampling_params.extra_args`` (the
   OpenAI ``vllm_xargs`` route); a malformed annotation is served unannotated and counted;
@@ -46,7 +47,14 @@ from vllm.v1.request import Request, RequestStatus
 
 from pythia import __version__
 from pythia.errors import PythiaInputError
-from pythia.serve.adapter import EngineRequestView, Hooks, load_hooks, parse_extra_args
+from pythia.serve.adapter import (
+    EngineRequestView,
+    Hooks,
+    is_action_free,
+    load_hooks,
+    parse_extra_args,
+    uses_default_victim,
+)
 from pythia.serve.pins import BlockPinner, EngineKVView, EngineReplicaView, HashIndex
 
 # Under vLLM's logger hierarchy, so lines appear in the engine's log with its format.
@@ -71,8 +79,10 @@ class PluginConfig:
     """Settings of the plugin, from ``--additional-config '{"pythia": {...}}'``.
 
     Attributes:
-        hooks: which hooks to host (see :func:`pythia.serve.adapter.load_hooks`): ``fcfs``
-            (stock behaviour), ``roles:a,b``, ``system:NAME`` or ``module:attr``.
+        hooks: which policies to host (see :func:`pythia.serve.adapter.load_hooks`):
+            ``system:NAME`` (default ``system:vllm``, stock behaviour) or ``module:attr``.
+        job_idle_timeout_s: a job with no call in the engine for this long is reported
+            ended to the workflow service (``0``: only ``pythia_hint.last_call`` ends jobs).
         pin_budget_fraction: most of the KV pool (fraction of blocks) pins may hold.
         stats_path: a JSON file the plugin rewrites with its counters (``None``: off).
         events_path: a JSON Lines file of per-request events: ``add`` (with the parsed
@@ -81,7 +91,8 @@ class PluginConfig:
         pool: the model pool name reported to cache hooks.
     """
 
-    hooks: str = "fcfs"
+    hooks: str = "system:vllm"
+    job_idle_timeout_s: float = 60.0
     pin_budget_fraction: float = 0.25
     stats_path: str | None = None
     events_path: str | None = None
@@ -93,6 +104,8 @@ class PluginConfig:
             raise PythiaInputError(
                 f"plugin setting pin_budget_fraction={self.pin_budget_fraction} must be in [0, 1)"
             )
+        if self.job_idle_timeout_s < 0:
+            raise PythiaInputError(f"plugin setting job_idle_timeout_s={self.job_idle_timeout_s} must be >= 0")
         if self.stats_interval_s <= 0:
             raise PythiaInputError(f"plugin setting stats_interval_s={self.stats_interval_s} must be positive")
 
@@ -120,11 +133,15 @@ class PluginStats:
     annotated: int = 0
     unannotated: int = 0
     malformed_annotations: int = 0
+    malformed_hints: int = 0
     last_malformed_error: str | None = None
     steps: int = 0
     victim_hook_calls: int = 0
     preemptions: int = 0
     hook_errors: int = 0
+    jobs_started: int = 0
+    jobs_ended_last_call: int = 0
+    jobs_ended_idle: int = 0
 
 
 class PythiaRequestQueue(RequestQueue):
@@ -207,7 +224,10 @@ class _PythiaAdapter:
         self.policy = SchedulingPolicy.PRIORITY
         if self.waiting:  # type: ignore[has-type]
             raise RuntimeError("the scheduler's waiting queue must be empty when the plugin starts")
-        inner = self.pythia_hooks.scheduling.new_queue()
+        sched, cache = self.pythia_hooks.scheduling, self.pythia_hooks.cache
+        self._default_victim = uses_default_victim(sched)
+        self._action_free = is_action_free(cache)
+        inner = sched.new_queue()
         self.waiting = PythiaRequestQueue(inner, self._views)
         pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
         groups = list(range(len(self.kv_cache_config.kv_cache_groups)))  # type: ignore[attr-defined]
@@ -220,7 +240,9 @@ class _PythiaAdapter:
         if callable(attach):  # queues that read the cache (prefix matching) see this engine's pool
             attach(self._replica_view)
         self._predictor = self.pythia_hooks.predictor
-        self._jobs_seen: set[str] = set()
+        # job id -> [calls in the engine, last time one arrived or left]: jobs end by hint or idleness
+        self._jobs_live: dict[str, list[float]] = {}
+        self._idle_check_due = 0.0
         self._events = _open_events(self.pythia_config.events_path)
         self._stats_due = 0.0
         logger.info(
@@ -237,7 +259,8 @@ class _PythiaAdapter:
         if rid not in self._views and rid not in self.requests:  # type: ignore[attr-defined]
             params = request.sampling_params
             parsed = parse_extra_args(params.extra_args if params is not None else None)
-            view = EngineRequestView(request, next(self._view_ids), parsed, int(request.priority))
+            view = EngineRequestView(request, next(self._view_ids), parsed, int(request.priority),
+                                     block_size=self.block_size)  # type: ignore[attr-defined]
             # The victim marker uses the priority field; the client's value stays in the view.
             request.priority = 0
             self._views[rid] = view
@@ -256,19 +279,26 @@ class _PythiaAdapter:
                 st.annotated += 1
             else:
                 st.unannotated += 1
+            if parsed.bad_hints:
+                st.malformed_hints += 1
             if self._predictor is not None and view.annotated:
                 now = time.time()
-                if view.job_id not in self._jobs_seen:
+                live = self._jobs_live.get(view.job_id)
+                if live is None:
                     # The engine sees a job's first call, not its start: the nearest fact it has.
-                    self._jobs_seen.add(view.job_id)
+                    live = self._jobs_live[view.job_id] = [0, now]
+                    st.jobs_started += 1
                     self._call_hook(self._predictor.job_started, view.job_id, view.workflow_type, view.workflow_id, now)
+                live[0] += 1
+                live[1] = now
                 self._call_hook(self._predictor.call_issued, view, now)
             if self._events is not None:
                 ann = parsed.annotation
                 self._event({
                     "event": "add", "request_id": rid, "view_id": view.request_id,
                     "annotation": None if ann is None else ann.to_extra_args(),
-                    "hints": parsed.hints, "malformed": parsed.malformed,
+                    "hints": {k: v.tolist() if hasattr(v, "tolist") else v for k, v in parsed.hints.items()},
+                    "malformed": parsed.malformed, "bad_hints": list(parsed.bad_hints),
                     "client_priority": view.client_priority, "prompt_tokens": view.prompt_tokens,
                 })
         super().add_request(request)  # type: ignore[misc]
@@ -282,11 +312,43 @@ class _PythiaAdapter:
             self._event({"event": "finish", "request_id": request.request_id, "status": str(request.status),
                          "preemptions": request.num_preemptions, "output_tokens": request.num_output_tokens})
         if view is not None and view.annotated and self._predictor is not None:
-            self._call_hook(self._predictor.call_finished, view, time.time())
-        if view is not None and not getattr(self.pythia_hooks.cache, "is_stock", False):
-            self._hash_index.add(request.block_hashes)
+            self._call_finished(view, time.time())
+        if view is not None and not self._action_free:
+            self._index(view)
             self._apply(self._call_hook(self.pythia_hooks.cache.on_finish, view, self._replica_view, time.time()))
         return result
+
+    def _call_finished(self, view: EngineRequestView, now: float) -> None:
+        """Report a finished call, and the job's end when the client marked it its last call."""
+        self._call_hook(self._predictor.call_finished, view, now)
+        live = self._jobs_live.get(view.job_id)
+        if live is None:
+            return
+        live[0] -= 1
+        live[1] = now
+        if view.last_call and live[0] <= 0:
+            del self._jobs_live[view.job_id]
+            self.pythia_stats.jobs_ended_last_call += 1
+            self._call_hook(self._predictor.job_ended, view.job_id, now)
+
+    def _end_idle_jobs(self, now: float) -> None:
+        """Report jobs with no call in the engine for ``job_idle_timeout_s`` as ended (checked about once a second)."""
+        timeout = self.pythia_config.job_idle_timeout_s
+        if timeout <= 0 or now < self._idle_check_due or not self._jobs_live:
+            return
+        self._idle_check_due = now + min(1.0, timeout / 4)
+        ended = [j for j, (n, t) in self._jobs_live.items() if n <= 0 and now - t >= timeout]
+        for job_id in ended:
+            del self._jobs_live[job_id]
+            self.pythia_stats.jobs_ended_idle += 1
+            self._call_hook(self._predictor.job_ended, job_id, now)
+
+    def _index(self, view: EngineRequestView) -> None:
+        """Pair the view's block names with the engine's hashes of the blocks hashed since last time."""
+        n = len(view.request.block_hashes)
+        if n > view.indexed:
+            self._hash_index.add_pairs(view.hash_pairs(view.indexed))
+            view.indexed = n
 
     # ------------------------------------------------------------------ scheduling
 
@@ -313,10 +375,15 @@ class _PythiaAdapter:
                 v = self._views.get(nr.req_id)
                 self._event({"event": "admit", "request_id": nr.req_id, "step": st.steps,
                              "agent_role": v.agent_role if v else None})
-        if not getattr(hooks.cache, "is_stock", False):
+        if not self._action_free:
+            views = self._views
             for r in self.running:  # type: ignore[attr-defined]
-                self._hash_index.add(r.block_hashes[-4:])
+                v = views.get(r.request_id)
+                if v is not None and len(r.block_hashes) > v.indexed:
+                    self._index(v)
             self._apply(self._call_hook(hooks.cache.on_tick, [self._replica_view], now))
+        if self._predictor is not None:
+            self._end_idle_jobs(now)
         if self.pythia_config.stats_path and now >= self._stats_due:
             self._stats_due = now + self.pythia_config.stats_interval_s
             self.write_stats()
@@ -345,7 +412,7 @@ class _PythiaAdapter:
             return
         sched = self.pythia_hooks.scheduling
         victim = running[-1]  # vLLM's FCFS victim
-        if not getattr(sched, "is_stock", False) and (not pressure_only or self._pressure()):
+        if not self._default_victim and (not pressure_only or self._pressure()):
             views = [self._views[r.request_id] for r in running if r.request_id in self._views]
             self.pythia_stats.victim_hook_calls += 1
             chosen = self._call_hook(sched.victim, views, now) if views else None
