@@ -16,6 +16,7 @@ from pythia.policy.systems import EngineFlags
 from pythia.sim.config import ClusterConfig, PoolConfig
 from pythia.sim.costmodel import FS_PER_S, CostModel
 from pythia.sim.engine import Replica
+from pythia.sim.kvcache import KVCache
 from pythia.sim.events import READY, STEP, EventQueue
 from pythia.sim.request import SimRequest
 
@@ -174,6 +175,9 @@ class Cluster:
             r = self.replicas[act.replica_id]
             r.sync(now)
             kv = r.kv
+            if not isinstance(kv, KVCache):
+                # The extent pool serves only policies without cache hooks (see Replica.__init__).
+                raise RuntimeError(f"cache action {act.kind!r} on replica {r.replica_id}, whose pool takes no actions")
             hashes = [int(h) for h in act.hashes]
             if act.kind == "pin":
                 kv.pin(hashes)
