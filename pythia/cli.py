@@ -99,7 +99,11 @@ def _cmd_workload_generate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, plugin sub-commands included."""
-    parser = argparse.ArgumentParser(prog="pythia", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pythia",
+        description="Pythia: agent-native LLM serving policies, a GPU-cluster simulator, a vLLM "
+        "scheduler plugin and the evaluation platform around them.",
+    )
     parser.add_argument("--version", action="version", version=f"pythia {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
