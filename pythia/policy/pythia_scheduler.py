@@ -18,6 +18,7 @@ of lowest priority is preempted.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Iterator, Sequence
 
 from pythia.errors import PythiaInputError
@@ -28,56 +29,68 @@ from pythia.policy.workflow import Predictor
 
 
 class PriorityQueue(WaitingQueue):
-    """Waiting calls kept sorted by descending priority; re-sorted on :meth:`refresh`."""
+    """Waiting calls kept sorted by priority, as a time-invariant key.
 
-    __slots__ = ("_pol", "_q", "_now", "_at")
+    The aging term is linear in waiting time and the same weight for every call, so it
+    raises every queued call's priority equally as time passes: the order at any ``now`` is
+    the order of the static key ``w_aging * arrival / aging_scale_s - graph_priority``
+    (ascending = highest priority first). A call is scored once when it is added and put in
+    place by bisection; only the graph part changes with predictions, and it is recomputed
+    for the whole queue at most every ``refresh_s`` (one sort), which keeps the per-step cost
+    in an engine's scheduler small.
+    """
+
+    __slots__ = ("_pol", "_q", "_keys", "_at")
 
     def __init__(self, policy: "PythiaScheduler") -> None:
         self._pol = policy
         self._q: list[RequestView] = []
-        self._now = 0.0
-        self._at = -1.0
+        self._keys: list[tuple[float, float, int]] = []
+        self._at = float("-inf")  # when graph priorities were last recomputed
 
     def _key(self, req: RequestView) -> tuple[float, float, int]:
-        return (-self._pol.priority(req, self._now), req.arrival_s, req.request_id)
+        pol = self._pol
+        return (pol.w_aging * req.arrival_s / pol.aging_scale_s - pol.graph_priority(req), req.arrival_s, req.request_id)
 
     def add(self, req: RequestView) -> None:
-        self._now = max(self._now, req.arrival_s)
-        self._q.append(req)
-        self._at = -1.0  # re-sort lazily at the next peek
+        key = self._key(req)
+        i = bisect_right(self._keys, key)
+        self._keys.insert(i, key)
+        self._q.insert(i, req)
 
     def prepend(self, req: RequestView) -> None:
         self.add(req)
 
-    def _sorted(self) -> None:
-        if self._at != self._now:
-            self._q.sort(key=self._key)
-            self._at = self._now
-
     def peek(self) -> RequestView:
-        self._sorted()
         return self._q[0]
 
     def pop(self) -> RequestView:
-        self._sorted()
+        self._keys.pop(0)
         return self._q.pop(0)
 
     def remove(self, req: RequestView) -> None:
-        self._q.remove(req)
+        for i, r in enumerate(self._q):
+            if r is req:
+                del self._q[i]
+                del self._keys[i]
+                return
+        raise ValueError("request not in queue")
 
     def __len__(self) -> int:
         return len(self._q)
 
     def __iter__(self) -> Iterator[RequestView]:
-        self._sorted()
         return iter(list(self._q))
 
     def refresh(self, now: float) -> None:
-        # Priorities change with predictions and aging; recomputing them every engine step
-        # would dominate the cost, so they are refreshed at most every refresh_s.
-        if now - self._now >= self._pol.refresh_s or self._at < 0:
-            self._now = now
-            self._at = -1.0
+        # Aging needs no work (see the class docstring); predictions change graph priorities,
+        # which are recomputed at most every refresh_s.
+        if now - self._at >= self._pol.refresh_s:
+            self._at = now
+            if self._q:
+                pairs = sorted(zip(map(self._key, self._q), self._q), key=lambda kv: kv[0])
+                self._keys = [k for k, _ in pairs]
+                self._q = [r for _, r in pairs]
 
 
 class PythiaScheduler(SchedulingPolicy):
@@ -88,7 +101,8 @@ class PythiaScheduler(SchedulingPolicy):
         w_unblock: weight of the unblocking term.
         w_aging: weight of the aging term (per ``aging_scale_s`` of waiting).
         aging_scale_s: waiting time that adds ``w_aging`` to the priority.
-        refresh_s: how often queued priorities are recomputed (simulated seconds).
+        refresh_s: how often the graph part of queued priorities is recomputed (seconds of the
+            host's clock: simulated in the simulator, wall clock in vLLM).
     """
 
     name = "pythia"
