@@ -173,6 +173,11 @@ def test_requests_carry_annotations_exact_lengths_and_realised_outputs(stub: _St
     explorer = next(b for b in bodies if b["vllm_xargs"]["pythia.agent_role"] == "explorer")
     assert planner["prompt"][:48] == explorer["prompt"][:48]  # system prompt and job context shared
     assert explorer["vllm_xargs"]["pythia.parent_call_id"] == "job-0/0"
+    for b in bodies:  # segment hints: the plugin names the request's blocks as the simulator does
+        segs = b["vllm_xargs"]["pythia_hint.prompt"]
+        assert len(segs) % 3 == 0 and sum(segs[2::3]) == len(b["prompt"])
+    assert explorer["vllm_xargs"]["pythia_hint.parent"] == 0 and explorer["vllm_xargs"]["pythia_hint.deps"] == [0]
+    assert sum(1 for b in bodies if b["vllm_xargs"].get("pythia_hint.last_call")) == 1
     # the explorer quotes the planner's output: the tokens the server generated for it
     first = 7 * 1  # the stub's token ids for its first request
     assert explorer["prompt"][48:54] == list(range(first, first + 6))

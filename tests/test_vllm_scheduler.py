@@ -274,3 +274,48 @@ def test_system_policies_run_in_the_plugin_and_hear_about_calls(model_dir: Path)
     info = predictor.job("job-9")
     assert info.calls_finished == 3 and info.roles_done.count("explorer") == 2
     assert sched.stats_dict()["hook_errors"] == 0
+
+
+def test_pins_named_by_segment_hashes_reach_the_blocks_vllm_holds(model_dir: Path) -> None:
+    import numpy as np
+
+    from pythia.workflow.blocks import block_hashes
+    from vllm_support import segment_prompt
+
+    # Two calls at a time: the flood cycles the pool without preempting (which would release pins).
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, num_blocks=48, max_num_seqs=2, max_num_batched_tokens=256,
+                           pythia={"hooks": "vllm_support:segment_pin"})
+    system = (7001, 0, 4 * BLOCK)  # a shared instruction prefix: 4 full blocks
+    ids, flat = segment_prompt([system, (7002, 0, 40)])
+    first = make_request("seg0", ids, 2, {**annotation("planner", job="j1"), "pythia_hint.prompt": flat})
+    sched.add_request(first)
+    view = sched.pythia_view("seg0")
+    want = block_hashes(np.array([system], dtype=np.int64), BLOCK)
+    assert view is not None and view.block_hashes[:4].tolist() == want.tolist()  # Pythia's names, not vLLM's
+    sched.pythia_hooks.cache.prefix = np.array([system], dtype=np.int64)
+    drive(sched, max_steps=100)
+    # The action named segment hashes only; the host pinned the engine blocks of the same positions.
+    assert sched.pythia_pinner.pinned_hashes() == list(first.block_hashes[:4])
+    assert sched.pythia_pinner.stats.pin_misses == 0
+    _flood(sched)
+    assert sched.stats_dict()["preemptions"] == 0
+    again = make_request("seg1", segment_prompt([system, (7003, 0, 30)])[0], 2, None)
+    sched.add_request(again)
+    assert run_step(sched).new_computed["seg1"] == 4 * BLOCK  # the pinned prefix survived the flood
+
+
+def test_job_end_by_last_call_hint_and_by_idle_timeout(model_dir: Path) -> None:
+    import time
+
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, pythia={"hooks": "system:vllm", "job_idle_timeout_s": 0.05})
+    sched.add_request(make_request("a0", tokens(80, 40), 2, annotation("planner", job="job-a", step=0)))
+    sched.add_request(make_request("a1", tokens(81, 40), 2, {**annotation("engineer", job="job-a", step=1),
+                                                              "pythia_hint.last_call": 1}))
+    sched.add_request(make_request("b0", tokens(82, 40), 2, annotation("planner", job="job-b", step=0)))
+    predictor = sched.pythia_hooks.predictor
+    drive(sched, max_steps=100)
+    assert predictor.job("job-a") is None and sched.stats_dict()["jobs_ended_last_call"] == 1
+    assert predictor.job("job-b") is not None  # no hint: still open until it has been idle long enough
+    time.sleep(0.08)
+    sched.schedule()
+    assert predictor.job("job-b") is None and sched.stats_dict()["jobs_ended_idle"] == 1

@@ -385,3 +385,40 @@ def pin_planner() -> Hooks:
 def roles() -> Hooks:
     """Hooks factory for ``vllm_support:roles``: verifier, then engineer, then planner, then the rest."""
     return Hooks(scheduling=RolePriority(["verifier", "engineer", "planner"]), source="vllm_support:roles")
+
+
+@dataclass
+class SegmentPrefixPin:
+    """Pins a prefix named only by its segments: hashes from :func:`pythia.workflow.blocks.block_hashes`.
+
+    The policy never sees the engine's hashes: the host must map the segment-based names to
+    the blocks vLLM holds.
+    """
+
+    prefix: Any = None  # segments (n, 3) of the prefix to pin after any call finishes
+    name: str = "segment-pin"
+
+    def on_finish(self, req: Any, replica: Any, now: float) -> list[Any]:
+        from pythia.policy.base import CacheAction
+        from pythia.workflow.blocks import block_hashes
+
+        if self.prefix is None:
+            return []
+        return [CacheAction("pin", replica.replica_id, block_hashes(self.prefix, replica.kv.block_size))]
+
+    def on_tick(self, replicas: Sequence[Any], now: float) -> list[Any]:
+        return []
+
+
+def segment_pin() -> Hooks:
+    """Hooks factory for ``vllm_support:segment_pin``: FCFS plus :class:`SegmentPrefixPin`."""
+    return Hooks(scheduling=FCFS(), cache=SegmentPrefixPin(), source="vllm_support:segment_pin")
+
+
+def segment_prompt(segs: Sequence[tuple[int, int, int]], low: int = 10, high: int = 4000) -> tuple[list[int], list[int]]:
+    """Token ids of segments (as the replay client builds them) and the flat ``pythia_hint.prompt`` value."""
+    from pythia.bench.tokens import TokenSpace
+
+    space = TokenSpace(low, high)
+    ids = [int(t) for key, off, n in segs for t in space.ids(key, off, n)]
+    return ids, [int(x) for row in segs for x in row]

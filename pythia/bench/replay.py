@@ -254,15 +254,19 @@ class Replayer:
     def _body(self, job: Job, call: Call, res: CallResult) -> dict[str, Any]:
         prompt_n, out_n = call.input_tokens, call.output_tokens
         segs = call.prompt
+        out_segs = job.output_segments(call)
         if self.opts.max_context:
             p2, o2 = clamp_lengths(prompt_n, out_n, self.opts.max_context)
             if (p2, o2) != (prompt_n, max(1, out_n)):
                 res.clamped = True
             if p2 < prompt_n:
                 segs = cut_segments(segs, p2)
+            if o2 < max(1, out_n):
+                out_segs = cut_segments(out_segs, o2)
             prompt_n, out_n = p2, o2
         out_n = max(1, out_n)
         ids = self.builder.prompt(segs)
+        ids_from_segs = bool(ids)
         if not ids:  # an engine needs at least one prompt token
             ids = self.opts.tokens.ids(stable_key("empty", job.job_id, call.call_id), 0, 1).tolist()
         res.prompt_tokens = len(ids)
@@ -281,7 +285,8 @@ class Replayer:
         if self.opts.annotation_field:
             ann = _annotation(job, call)
             if ann is not None:
-                body[self.opts.annotation_field] = ann.to_extra_args()
+                body[self.opts.annotation_field] = {**ann.to_extra_args(),
+                                                     **self._hints(job, call, segs if ids_from_segs else None, out_segs)}
                 res.annotated = True
             # vLLM puts this id inside its own request id: engine-side logs can be joined to the call.
             rid = f"pythia-{stable_key('call', job.job_id, call.call_id):x}"
@@ -289,6 +294,29 @@ class Replayer:
             res.request_id = rid
             self.request_ids[rid] = (job.job_id, call.call_id)
         return body
+
+    def _hints(self, job: Job, call: Call, segs: np.ndarray | None, out_segs: np.ndarray) -> dict[str, Any]:
+        """``pythia_hint.*`` values of a call: what an annotating client knows at issue time, never the output.
+
+        ``prompt`` and ``output`` are the segments the prompt's token ids were built from and
+        the output stream's (flat ``[key, offset, tokens, ...]``): the plugin names the
+        request's blocks by the same segment hashes as the simulator and Pythia's predictions
+        (see :mod:`pythia.serve.adapter`). ``call_id``, ``deps`` and ``parent`` give the job's
+        structure; ``last_call`` marks the job's final call (the plugin then reports the job's
+        end once it finishes and nothing else of the job is in the engine).
+        """
+        hints: dict[str, Any] = {"pythia_hint.call_id": int(call.call_id)}
+        if segs is not None and len(segs):
+            hints["pythia_hint.prompt"] = np.asarray(segs, dtype=np.int64).reshape(-1).tolist()
+            if len(out_segs):
+                hints["pythia_hint.output"] = np.asarray(out_segs, dtype=np.int64).reshape(-1).tolist()
+        if call.deps:
+            hints["pythia_hint.deps"] = [int(d) for d in call.deps]
+        if call.parent is not None:
+            hints["pythia_hint.parent"] = int(call.parent)
+        if call.call_id == max(c.call_id for c in job.calls):
+            hints["pythia_hint.last_call"] = 1
+        return hints
 
     async def _request(self, job: Job, call: Call, res: CallResult) -> bool:
         body = self._body(job, call, res)
