@@ -44,6 +44,7 @@ class KVCache:
     __slots__ = (
         "total_blocks", "block_size", "caching", "blank", "ref", "lru", "front", "private",
         "pins", "host", "host_cap", "evictions", "host_offloads", "ranker", "now_s",
+        "rank_interval_s", "_ranked_at",
     )
 
     def __init__(self, total_blocks: int, block_size: int, *, caching: bool = True, host_blocks: int = 0) -> None:
@@ -62,6 +63,11 @@ class KVCache:
         self.host_offloads = 0
         # Optional simulator-only eviction order: f(hashes, last_used) -> hashes in eviction order.
         self.ranker: Callable[[list[int], list[float]], list[int]] | None = None
+        # A full re-rank sorts every evictable block; doing it on every eviction made
+        # comparator policies quadratic. The order is refreshed at most once per interval of
+        # simulated time; blocks freed in between join the back of the last order (LRU).
+        self.rank_interval_s = 5.0
+        self._ranked_at = float("-inf")
         self.now_s = 0.0
 
     # ------------------------------------------------------------------ counts (KVView)
@@ -130,8 +136,9 @@ class KVCache:
 
     def _evict(self, n: int) -> None:
         """Turn ``n`` evictable blocks into blank ones (demoted first, then LRU order)."""
-        if self.ranker is not None and n > len(self.front):
+        if self.ranker is not None and n > len(self.front) and self.now_s - self._ranked_at >= self.rank_interval_s:
             self._reorder()
+            self._ranked_at = self.now_s
         evicted: list[int] = []
         k = min(n, len(self.front))
         if k:
