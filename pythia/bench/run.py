@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import json
 import logging
 import math
@@ -22,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from pythia.bench.gpu_slots import gpu_slot
 from pythia.bench.metrics import ENGINE_COLUMNS, GPU_COLUMNS, NvmlSampler, PrometheusScraper
 from pythia.bench.replay import ReplayOptions, ReplayResult, run_replay
 from pythia.bench.tokens import TokenSpace
@@ -186,6 +190,13 @@ def _delta(rows: list[dict[str, Any]], col: str) -> float:
     return float(vals[-1] - vals[0]) if len(vals) >= 2 else math.nan
 
 
+def _pinned(launch: EngineLaunch, device: str | None) -> EngineLaunch:
+    """``launch`` with its engine restricted to ``device`` (unchanged without one)."""
+    if device is None:
+        return launch
+    return dataclasses.replace(launch, env={**launch.env, "CUDA_VISIBLE_DEVICES": device})
+
+
 def real_run(trace: Trace, opts: RunOptions) -> dict[str, Any]:
     """Start the engine, wait for health, replay ``trace``, stop the engine, write the run folder.
 
@@ -203,7 +214,11 @@ def real_run(trace: Trace, opts: RunOptions) -> dict[str, Any]:
     (opts.out / "engine-command.json").write_text(json.dumps({"argv": launch.argv, "env": launch.env}, indent=2) + "\n")
     space = TokenSpace.for_model(opts.model)
     wall0 = time.monotonic()
-    with EngineServer(launch, opts.out / "engine.log", start_timeout_s=opts.start_timeout_s) as server:
+    # GPU backends pin one device for the engine (Snakemake counts GPUs but assigns none).
+    slot = gpu_slot() if launch.backend in ("vllm", "sglang") else contextlib.nullcontext(None)
+    with slot as device, EngineServer(
+        _pinned(launch, device), opts.out / "engine.log", start_timeout_s=opts.start_timeout_s
+    ) as server:
         healthy_s = server.wait_healthy()
         t0 = time.monotonic()
         scraper = PrometheusScraper(server.base_url + launch.metrics_path, opts.scrape_interval_s, t0=t0)
