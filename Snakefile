@@ -11,6 +11,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/workloads.smk"
 include: "workflow/rules/simulate.smk"
+include: "workflow/rules/real.smk"
 include: "workflow/rules/analysis.smk"
 
 

@@ -173,6 +173,8 @@ def run_both(model_dir: Path, work: Path, jobs: int, concurrency: int) -> dict[s
     """``pythia run`` on real vLLM-CPU and ``pythia sim`` on cpu-tiny; returns both tables' comparison."""
     import pandas as pd
 
+    from pythia.analysis.fidelity import compare_runs, rel_error
+
     common = ["--workload", str(ROOT / WORKLOAD), "--jobs", str(jobs), "--concurrency", str(concurrency),
               "--max-gap-s", "1", "--seed", "0"]
     real, sim = work / "real", work / "sim"
@@ -184,19 +186,10 @@ def run_both(model_dir: Path, work: Path, jobs: int, concurrency: int) -> dict[s
     real_s = time.perf_counter() - t0
     subprocess.run([py, "-m", "pythia.cli", "sim", "--system", "vllm", "--cluster", "cpu-tiny", "--no-progress",
                     "--out", str(sim), *common], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    rc, sc = pd.read_parquet(real / "calls.parquet"), pd.read_parquet(sim / "calls.parquet")
-    rj, sj = pd.read_parquet(real / "jobs.parquet"), pd.read_parquet(sim / "jobs.parquet")
-    calls = rc.merge(sc, on=["job_id", "call_id"], suffixes=("_real", "_sim"))
-    calls = calls[(calls.status_real == "finished") & (calls.status_sim == "finished")]
-    jobsm = rj.merge(sj, on="job_id", suffixes=("_real", "_sim"))
-    jobsm = jobsm[jobsm.completed_real.astype(bool) & jobsm.completed_sim.astype(bool)]
-
-    def rel(a: Any, b: Any) -> np.ndarray:
-        a, b = np.asarray(a, float), np.asarray(b, float)
-        return np.abs(b - a) / a
-
-    lat, jct, ttft = rel(calls.latency_s_real, calls.latency_s_sim), rel(jobsm.jct_s_real, jobsm.jct_s_sim), \
-        rel(calls.ttft_s_real, calls.ttft_s_sim)
+    calls, jobsm = compare_runs(real, sim)
+    rc = pd.read_parquet(real / "calls.parquet")
+    lat, jct, ttft = (rel_error(calls.latency_s_real, calls.latency_s_sim), rel_error(jobsm.jct_s_real, jobsm.jct_s_sim),
+                      rel_error(calls.ttft_s_real, calls.ttft_s_sim))
     rs = json.loads((real / "summary.json").read_text())
     ss = json.loads((sim / "summary.json").read_text())
     return {

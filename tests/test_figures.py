@@ -97,3 +97,25 @@ def test_autoscale_timeline_from_a_real_simulated_run(tmp_path: Path) -> None:
     setup_matplotlib()
     files = autoscale_timeline(tmp_path / "run", tmp_path / "timeline")
     assert [f.suffix for f in files] == [".pdf", ".png"]
+
+
+def test_fidelity_table_and_figure_from_two_runs(tmp_path: Path) -> None:
+    from sim_helpers import chain_trace
+
+    from pythia.analysis.fidelity import fidelity_table
+    from pythia.analysis.figures import fidelity
+    from pythia.analysis.style import setup_matplotlib
+    from pythia.sim.run import run_simulation
+
+    real = tmp_path / "real-x" / "exp" / "vllm" / "c3" / "seed0"
+    sim = tmp_path / "runs" / "exp" / "vllm" / "c3" / "seed0"
+    run_simulation("vllm", chain_trace(4, concurrency=3), out=real)
+    run_simulation("vllm", chain_trace(4, concurrency=3), cluster="llama8b-x8", out=sim)
+    table = fidelity_table([(real, sim)])
+    assert set(table["kind"]) == {"call_latency", "ttft", "jct"}
+    assert len(table[table["kind"] == "jct"]) == 4
+    assert (table["rel_error"] >= 0).all() and table["system"].eq("vllm").all()
+    same = fidelity_table([(real, real)])
+    assert (same["rel_error"] == 0).all()
+    setup_matplotlib()
+    assert [p.suffix for p in fidelity(table, tmp_path / "fid")] == [".pdf", ".png"]

@@ -215,6 +215,57 @@ def autoscale_timeline(run_dir: str | Path, stem: Path) -> list[Path]:
     return _save(fig, stem)
 
 
+def fidelity(table: pd.DataFrame, stem: Path) -> list[Path]:
+    """Simulated against real call latency and JCT (one point per call or job; y = x is exact)."""
+    import matplotlib.pyplot as plt
+
+    kinds = [("call_latency", "call latency (s)"), ("jct", "JCT (s)")]
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.0))
+    for ax, (kind, label) in zip(axes, kinds):
+        sub = table[table["kind"] == kind]
+        for system in ordered(set(sub["system"])):
+            s = sub[sub["system"] == system]
+            colour, marker = style(system)
+            ax.scatter(s["real_s"], s["sim_s"], s=10, color=colour, marker=marker, label=system, alpha=0.8)
+        if len(sub):
+            lo = float(min(sub["real_s"].min(), sub["sim_s"].min()))
+            hi = float(max(sub["real_s"].max(), sub["sim_s"].max()))
+            ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, ls="--")
+            ax.set_title(f"median error {100 * float(np.nanmedian(sub['rel_error'])):.0f}%")
+        ax.set_xlabel(f"real {label}")
+        ax.set_ylabel(f"simulated {label}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
+def nvml_timeline(run_dirs: list[str | Path], stem: Path) -> list[Path] | None:
+    """GPU utilisation and power over time of real runs; ``None`` when no run has GPU rows."""
+    import matplotlib.pyplot as plt
+
+    frames = []
+    for d in run_dirs:
+        ts = pd.read_parquet(Path(d) / "timeseries.parquet")
+        if "gpu_util" in ts and ts["gpu_util"].notna().any():
+            ts = ts[ts["gpu_util"].notna()].assign(run=tables.run_identity(d)["system"])
+            frames.append(ts)
+    if not frames:
+        return None
+    data = pd.concat(frames, ignore_index=True)
+    fig, axes = plt.subplots(2, 1, figsize=(6.4, 3.6), sharex=True)
+    for (system, device), g in data.groupby(["run", "device"], sort=True):
+        colour, _ = style(str(system))
+        axes[0].plot(g["t_s"], g["gpu_util"], color=colour, lw=0.9, label=f"{system} gpu{device}")
+        axes[1].plot(g["t_s"], g["gpu_power_w"], color=colour, lw=0.9)
+    axes[0].set_ylabel("utilisation (%)")
+    axes[1].set_ylabel("power (W)")
+    axes[1].set_xlabel("time (s)")
+    axes[0].legend(fontsize=6, frameon=False)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
 FIGURES: dict[str, tuple[Callable[..., list[Path]], str, Callable[[pd.DataFrame], bool]]] = {
     "jct_vs_load": (jct_vs_load, "summaries", lambda d: d["load"].nunique() > 0),
     "throughput_vs_load": (throughput_vs_load, "summaries", lambda d: d["load"].nunique() > 0),

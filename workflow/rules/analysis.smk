@@ -20,8 +20,10 @@ rule figures:
         summaries="results/tables/summaries.parquet",
         jobs="results/tables/jobs.parquet",
         timeline=[f"{TIMELINE_RUN}/summary.json"] if TIMELINE_RUN else [],
+        fidelity=["results/tables/fidelity.parquet"] if REAL_PAIRS else [],
+        real=[f"{r}/summary.json" for r, _ in REAL_PAIRS],
     params:
-        timeline=TIMELINE_RUN or "",
+        timeline=lambda w, input: str(Path(input.timeline[0]).parent) if input.timeline else "",
     output:
         figures=report(
             directory("results/figures"),

@@ -18,20 +18,25 @@ if not TRACE_SETS:
 
 # Unknown systems stop the run here, before any job starts, naming the field.
 _known_systems = sorted(p.stem for p in Path("baselines").glob("*.yaml"))
-for _i, _system in enumerate(config["systems"]):
-    if _system not in _known_systems:
-        raise ValueError(
-            f"config field systems[{_i}]: unknown system {_system!r}; known: {', '.join(_known_systems)}"
-        )
+REAL = config.get("real") or {"backend": "vllm-cpu", "systems": [], "experiments": {}}
+_system_lists = [("systems", config["systems"]), ("real.systems", REAL["systems"])]
+_system_lists += [(f"experiments.{n}.systems", e["systems"]) for n, e in config["experiments"].items() if "systems" in e]
+for _field, _names in _system_lists:
+    for _i, _system in enumerate(_names):
+        if _system not in _known_systems:
+            raise ValueError(
+                f"config field {_field}[{_i}]: unknown system {_system!r}; known: {', '.join(_known_systems)}"
+            )
 
 
 def experiment_workload(name):
     """The workload path of an experiment ({traces} expands to the traces folder)."""
-    return config["experiments"][name]["workload"].replace("{traces}", str(TRACES_DIR))
+    exp = config["experiments"].get(name) or REAL["experiments"][name]
+    return exp["workload"].replace("{traces}", str(TRACES_DIR))
 
 
 EXPERIMENTS = {}
-for _name, _exp in config["experiments"].items():
+for _name, _exp in {**REAL["experiments"], **config["experiments"]}.items():
     if _exp.get("needs_traces") and not Path(experiment_workload(_name)).exists():
         print(f"experiment {_name}: skipped, {experiment_workload(_name)} not found", file=sys.stderr)
         continue
@@ -55,7 +60,19 @@ TIMELINE_RUN = (
 RUN_DIRS = [
     f"results/runs/{name}/{system}/{load}/seed{seed}"
     for name, exp in EXPERIMENTS.items()
-    for system in config["systems"]
+    if name in config["experiments"]
+    for system in exp.get("systems", config["systems"])
+    for load in load_levels(exp)
+    for seed in exp.get("seeds", config["seeds"])
+]
+
+# Real runs, and their simulated twins on the calibrated cluster (for the fidelity figure).
+REAL_DIR = f"results/real-{REAL['backend']}"
+REAL_PAIRS = [
+    (f"{REAL_DIR}/{name}/{system}/{load}/seed{seed}", f"results/runs/{name}/{system}/{load}/seed{seed}")
+    for name, exp in REAL["experiments"].items()
+    if name in EXPERIMENTS
+    for system in REAL["systems"]
     for load in load_levels(exp)
     for seed in exp.get("seeds", config["seeds"])
 ]
@@ -66,14 +83,31 @@ def _workload_files(w):
     return sorted(str(p) for p in path.iterdir() if p.is_file()) if path.is_dir() else [str(path)]
 
 
-def _sim_args(w):
+def _load_args(w):
     exp = EXPERIMENTS[w.experiment]
     load = f"--concurrency {w.load[1:]}" if w.load.startswith("c") else f"--rate {w.load[1:]}"
     args = [load, f"--seed {w.seed}"]
     if "jobs" in exp:
         args.append(f"--jobs {exp['jobs']}")
-    if "cluster" in exp:
-        args.append(f"--cluster {exp['cluster']}")
     if "max_gap_s" in exp:
         args.append(f"--max-gap-s {exp['max_gap_s']}")
+    return args
+
+
+def _real_args(w):
+    args = _load_args(w)
+    if REAL.get("model"):
+        args.append(f"--model {REAL['model']}")
+    if REAL["backend"] == "vllm-cpu":
+        # On the CPU, graph compilation for each new batch shape lands inside the measured
+        # calls (seconds each); eager mode measures serving, as the fidelity benchmark does.
+        args.append("--engine-arg=--enforce-eager")
+    return " ".join(args)
+
+
+def _sim_args(w):
+    exp = EXPERIMENTS[w.experiment]
+    args = _load_args(w)
+    if "cluster" in exp:
+        args.append(f"--cluster {exp['cluster']}")
     return " ".join(args)
