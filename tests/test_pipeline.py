@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pythia.paths import traces_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -24,13 +26,27 @@ def test_lint_passes() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_dry_run_lists_one_trace_per_spec() -> None:
-    proc = _snakemake("-n", "--quiet", "rules", "--forceall")
+def _job_counts(*args: str) -> dict[str, int]:
+    proc = _snakemake("-n", "--quiet", "rules", "--forceall", *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = {}
+    for ln in (proc.stdout + proc.stderr).splitlines():
+        parts = ln.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dry_run_lists_the_grid() -> None:
     specs = len(list((ROOT / "workloads").glob("*.yaml")))
-    out = proc.stdout + proc.stderr
-    line = next((ln for ln in out.splitlines() if ln.strip().startswith("workload_trace")), "")
-    assert line.split()[-1] == str(specs), out
+    counts = _job_counts("--configfile", "config/smoke.yaml")
+    traces = (traces_dir() / "claude-code").is_dir()
+    # 5 systems x 2 experiments x 2 loads x 1 seed, plus 2 systems on the Claude Code sessions
+    assert counts["sim_run"] == 20 + (2 if traces else 0)
+    assert counts["workload_trace"] == specs
+    assert counts["collect"] == counts["figures"] == 1
+    default = _job_counts()
+    assert default["sim_run"] >= 15 * 2 * 4 * 3  # every system, two workflows, four loads, three seeds
 
 
 def test_bad_config_value_stops_before_any_job(tmp_path: Path) -> None:
