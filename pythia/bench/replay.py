@@ -391,7 +391,7 @@ class Replayer:
             start, end = self.job_times[job.job_id]
             statuses = [self.results.get((job.job_id, c.call_id), CallResult()).status for c in job.calls]
             n_done = sum(s == FINISHED for s in statuses)
-            depth, gaps = _critical_path(job)
+            depth, gaps = job.critical_path()
             job_rows.append((job.job_id, job.workflow_type, job.workflow_id, start, end, end - start, len(job.calls),
                              n_done, n_done == len(job.calls), depth, gaps))
         jobs = frame(job_rows, JOB_COLUMNS)
@@ -414,20 +414,6 @@ class Replayer:
             "errors": self.errors[:20],
         })
         return ReplayResult(calls, jobs, summary, dict(self.request_ids), list(self.errors))
-
-
-def _critical_path(job: Job) -> tuple[int, float]:
-    """Length (calls) and gap sum of the job's longest dependency chain, as the simulator reports it."""
-    depth = [0] * len(job.calls)
-    gaps = [0.0] * len(job.calls)
-    for c in job.calls:
-        if c.deps:
-            p = max(c.deps, key=lambda d: (depth[d], gaps[d]))
-            depth[c.call_id], gaps[c.call_id] = depth[p] + 1, gaps[p] + c.gap_s
-        else:
-            depth[c.call_id], gaps[c.call_id] = 1, c.gap_s
-    cp = max(range(len(job.calls)), key=lambda i: (depth[i], gaps[i]))
-    return depth[cp], gaps[cp]
 
 
 def run_replay(trace: Trace, options: ReplayOptions, arrival: dict[str, Any] | None = None) -> ReplayResult:

@@ -143,18 +143,10 @@ class Runtime:
         st.end_fs = now
         self.jobs_ended += 1
         job = st.job
-        depth = [0] * len(job.calls)
-        gaps = [0.0] * len(job.calls)
-        for c in job.calls:
-            if c.deps:
-                p = max(c.deps, key=lambda d: (depth[d], gaps[d]))
-                depth[c.call_id], gaps[c.call_id] = depth[p] + 1, gaps[p] + c.gap_s
-            else:
-                depth[c.call_id], gaps[c.call_id] = 1, c.gap_s
-        cp = max(range(len(job.calls)), key=lambda i: (depth[i], gaps[i]))
+        cp_calls, cp_gap_s = job.critical_path()
         self.job_rows.append((
             job.job_id, job.workflow_type, job.workflow_id, st.start_fs / FS_PER_S, now / FS_PER_S,
-            (now - st.start_fs) / FS_PER_S, len(job.calls), st.done, not st.failed, depth[cp], gaps[cp],
+            (now - st.start_fs) / FS_PER_S, len(job.calls), st.done, not st.failed, cp_calls, cp_gap_s,
         ))
         del self.states[st.index]
         for c in range(len(job.calls)):  # calls never issued (after a rejection) were hashed ahead

@@ -141,6 +141,19 @@ class Job:
             seen.setdefault(c.agent_id or c.agent_role, None)
         return list(seen)
 
+    def critical_path(self) -> tuple[int, float]:
+        """Length (calls) and gap sum of the longest dependency chain (ties: the larger gap sum)."""
+        depth = [0] * len(self.calls)
+        gaps = [0.0] * len(self.calls)
+        for c in self.calls:
+            if c.deps:
+                p = max(c.deps, key=lambda d: (depth[d], gaps[d]))
+                depth[c.call_id], gaps[c.call_id] = depth[p] + 1, gaps[p] + c.gap_s
+            else:
+                depth[c.call_id], gaps[c.call_id] = 1, c.gap_s
+        cp = max(range(len(self.calls)), key=lambda i: (depth[i], gaps[i]))
+        return depth[cp], gaps[cp]
+
     def to_json(self) -> dict[str, Any]:
         """The JSON object of this job (one line of a trace file)."""
         return {
