@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--no-traces", action="store_true", help="skip the Claude Code sessions")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=240.0, help="wall seconds allowed per run")
+    ap.add_argument("--render", action="store_true", help="only redraw policies.md from policies.json")
     args = ap.parse_args()
     t_start = time.perf_counter()
     sweep = {k: v[:2] for k, v in SWEEP.items()} if args.quick else SWEEP
