@@ -38,7 +38,37 @@ class Holder(Protocol):
     kv_priv: int
 
 
-class KVCache:
+class BlankAllocation:
+    """Allocation of new private blocks, shared by both pool representations.
+
+    A pool provides ``blank`` (blocks holding nothing), ``private`` (blocks held by one call
+    and not yet registered) and ``_evict(n)`` (turn ``n`` evictable blocks blank).
+    """
+
+    __slots__ = ()
+    blank: int
+    private: int
+
+    def _evict(self, n: int) -> None:
+        raise NotImplementedError
+
+    def make_blank(self, n: int) -> None:
+        """Evict until at least ``n`` blocks are blank (as ``take`` would, all at once)."""
+        if self.blank < n:
+            self._evict(n - self.blank)
+
+    def take(self, req: Any, n: int) -> None:
+        """Give ``req`` ``n`` new private blocks (evicting cached ones if needed)."""
+        if n <= 0:
+            return
+        if self.blank < n:
+            self._evict(n - self.blank)
+        self.blank -= n
+        self.private += n
+        req.kv_priv += n
+
+
+class KVCache(BlankAllocation):
     """Block accounting of one replica (see the module docstring)."""
 
     __slots__ = (
@@ -167,21 +197,6 @@ class KVCache:
         when = dict(live)
         order = self.ranker([h for h, _ in live], [t for _, t in live])  # type: ignore[misc]
         self.lru.replace_order([(h, when[h]) for h in order])
-
-    def make_blank(self, n: int) -> None:
-        """Evict until at least ``n`` blocks are blank (as ``take`` would, all at once)."""
-        if self.blank < n:
-            self._evict(n - self.blank)
-
-    def take(self, req: Holder, n: int) -> None:
-        """Give ``req`` ``n`` new private blocks (evicting cached ones if needed)."""
-        if n <= 0:
-            return
-        if self.blank < n:
-            self._evict(n - self.blank)
-        self.blank -= n
-        self.private += n
-        req.kv_priv += n
 
     def acquire(self, req: Holder, k: int) -> None:
         """Take a reference on the first ``k`` hashes of ``req``'s chain (its prefix-cache hit)."""

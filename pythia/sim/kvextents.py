@@ -31,6 +31,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Protocol
 
+from pythia.sim.kvcache import BlankAllocation
+
 
 class PathHolder(Protocol):
     """What the pool needs of a request: its chain, its path and its block counts."""
@@ -69,7 +71,7 @@ class Extent:
             covers[c] = n - 1
 
 
-class ExtentKVCache:
+class ExtentKVCache(BlankAllocation):
     """Block accounting of one replica by extents (see the module docstring)."""
 
     __slots__ = (
@@ -244,21 +246,6 @@ class ExtentKVCache:
         self.cached -= n
         self.blank += n
         self.evictions += n
-
-    def make_blank(self, n: int) -> None:
-        """Evict until at least ``n`` blocks are blank (as ``take`` would, all at once)."""
-        if self.blank < n:
-            self._evict(n - self.blank)
-
-    def take(self, req: PathHolder, n: int) -> None:
-        """Give ``req`` ``n`` new private blocks (evicting cached ones if needed)."""
-        if n <= 0:
-            return
-        if self.blank < n:
-            self._evict(n - self.blank)
-        self.blank -= n
-        self.private += n
-        req.kv_priv += n
 
     def acquire(self, req: PathHolder, k: int) -> None:
         """Take a reference on the first ``k`` blocks of ``req``'s chain (its prefix-cache hit)."""
