@@ -35,7 +35,9 @@ def test_vllm_cpu_command_carries_the_system_flags_and_the_plugin() -> None:
                           plugin=True, plugin_config={"hooks": "roles:a,b"}, num_blocks=64)
     argv = launch.argv
     assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    assert launch.env == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+    assert launch.env == {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    # The model runs in the engine-core process: no worker busy-waited on (docs/decisions.md).
+    assert argv[argv.index("--distributed-executor-backend") + 1] == "uni"
     assert argv[argv.index("--block-size") + 1] == "32" and launch.notes  # 16 raised for CPU attention
     assert "--no-enable-prefix-caching" in argv and argv[argv.index("--max-num-seqs") + 1] == "8"
     assert argv[argv.index("--scheduler-cls") + 1] == "pythia.serve.vllm_scheduler.PythiaSyncScheduler"

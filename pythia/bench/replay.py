@@ -45,6 +45,11 @@ from pythia.workflow.trace import Call, Job, Trace
 FINISHED, FAILED, SKIPPED, NOT_ISSUED = "finished", "failed", "skipped", "not_issued"
 
 
+def client_request_id(job_id: str, call_id: int) -> str:
+    """The request id the client sends for a call; vLLM embeds it in its own request id."""
+    return f"pythia-{stable_key('call', job_id, call_id):x}"
+
+
 def check_loopback(url: str) -> None:
     """Refuse any engine address but the loopback range: runs here never leave the machine."""
     host = urlparse(url).hostname or ""
@@ -289,7 +294,7 @@ class Replayer:
                                                      **self._hints(job, call, segs if ids_from_segs else None, out_segs)}
                 res.annotated = True
             # vLLM puts this id inside its own request id: engine-side logs can be joined to the call.
-            rid = f"pythia-{stable_key('call', job.job_id, call.call_id):x}"
+            rid = client_request_id(job.job_id, call.call_id)
             body["request_id"] = rid
             res.request_id = rid
             self.request_ids[rid] = (job.job_id, call.call_id)
@@ -333,7 +338,9 @@ class Replayer:
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
-                        break
+                        # Read on to the end of the body: leaving a streamed response early makes
+                        # httpx's close wait for other streams on the pool (measured: ~0.6 s).
+                        continue
                     msg = json.loads(data)
                     for choice in msg.get("choices") or ():
                         toks = choice.get("token_ids")
@@ -411,9 +418,48 @@ class Replayer:
             "clamped_calls": int(sum(r.clamped for r in self.results.values())),
             "arrival": self.arrival,
             "gap_scale": opts.gap_scale,
+            # time.monotonic() at t = 0 of the tables: joins them to engine-side step logs.
+            "clock_origin_monotonic_s": self._t0,
             "errors": self.errors[:20],
         })
         return ReplayResult(calls, jobs, summary, dict(self.request_ids), list(self.errors))
+
+
+# Warm-up batches: (concurrent calls, prompt tokens, output tokens), run in order.
+WARMUP_ROUNDS = ((1, 64, 8), (4, 512, 32), (8, 256, 32), (2, 2048, 16), (16, 128, 16))
+
+
+async def _warm_up(base_url: str, model: str, space: TokenSpace, max_context: int | None) -> int:
+    """A few batches of every shape class (short and long prefill, small and large decode batches).
+
+    A fresh engine's first steps of each shape are slower (allocator growth, kernel and cache
+    set-up); a benchmark measures the warm engine. Prompts come from a stream key space the
+    workloads never use, so the warm-up leaves no prefix the replay could hit.
+    """
+    import httpx
+
+    sent = 0
+    async with httpx.AsyncClient(base_url=base_url, timeout=120.0) as client:
+        async def one(key: int, p: int, out: int) -> None:
+            body = {"model": model, "prompt": space.ids(key, 0, p).tolist(), "max_tokens": out, "min_tokens": out,
+                    "ignore_eos": True, "temperature": 0.0, "stream": True}
+            async with client.stream("POST", "/v1/completions", json=body) as resp:
+                resp.raise_for_status()
+                async for _ in resp.aiter_lines():
+                    pass
+
+        for r, (n, p, out) in enumerate(WARMUP_ROUNDS):
+            if max_context:
+                p = min(p, max(1, max_context - out - 1))
+            await asyncio.gather(*(one(stable_key("warm-up", r, i), p, out) for i in range(n)))
+            sent += n
+    return sent
+
+
+def warm_up(base_url: str, model: str, space: TokenSpace, max_context: int | None = None) -> int:
+    """Run the warm-up batches against an engine; returns the number of requests sent."""
+    check_loopback(base_url)
+    return asyncio.run(_warm_up(base_url, model, space, max_context))
 
 
 def run_replay(trace: Trace, options: ReplayOptions, arrival: dict[str, Any] | None = None) -> ReplayResult:

@@ -27,7 +27,7 @@ import pandas as pd
 
 from pythia.bench.gpu_slots import gpu_slot
 from pythia.bench.metrics import ENGINE_COLUMNS, GPU_COLUMNS, NvmlSampler, PrometheusScraper
-from pythia.bench.replay import ReplayOptions, ReplayResult, run_replay
+from pythia.bench.replay import ReplayOptions, ReplayResult, run_replay, warm_up
 from pythia.bench.tokens import TokenSpace
 from pythia.errors import PythiaInputError
 from pythia.serve.engines import EngineLaunch, build_launch, check_launch, engine_flags
@@ -59,6 +59,9 @@ class RunOptions:
         start_timeout_s / max_duration_s / max_calls: bounds of the run.
         scrape_interval_s: Prometheus and NVML sampling interval.
         extra_engine_args: appended to the engine command.
+        warmup: run a few batches of every shape class before the replay (not in the tables).
+        step_log: record the engine's own step times into ``engine-steps.jsonl`` (loads the
+            plugin with the system's hooks; with ``system:vllm`` it schedules as stock vLLM).
     """
 
     backend: str
@@ -77,6 +80,8 @@ class RunOptions:
     tensor_parallel_size: int = 1
     extra_engine_args: list[str] = field(default_factory=list)
     progress: bool = False
+    warmup: bool = True
+    step_log: bool = False
 
 
 def _system_uses_plugin(system: Any) -> bool:
@@ -104,6 +109,12 @@ def build_run_launch(opts: RunOptions, port: int) -> tuple[EngineLaunch, str]:
     """The engine command of a run, and the system name."""
     name, sysobj, flags = _resolve_system(opts.system)
     plugin = opts.plugin if opts.plugin is not None else (sysobj is not None and _system_uses_plugin(sysobj))
+    if opts.step_log:
+        if opts.backend == "sglang":
+            raise PythiaInputError("option --step-log needs the Pythia plugin, which runs in vLLM only")
+        if opts.plugin is False:
+            raise PythiaInputError("option --step-log needs the Pythia plugin; drop --no-plugin")
+        plugin = True
     plugin_config: dict[str, Any] = {}
     if plugin:
         plugin_config = {
@@ -112,6 +123,8 @@ def build_run_launch(opts: RunOptions, port: int) -> tuple[EngineLaunch, str]:
             "events_path": str((opts.out / "plugin-events.jsonl").resolve()),
             "pool": Path(opts.model).name or "default",
         }
+        if opts.step_log:
+            plugin_config["step_log_path"] = str((opts.out / "engine-steps.jsonl").resolve())
     launch = build_launch(
         opts.backend, opts.model, port, flags, plugin=plugin, plugin_config=plugin_config,
         max_model_len=opts.max_model_len, num_blocks=opts.num_blocks,
@@ -220,6 +233,7 @@ def real_run(trace: Trace, opts: RunOptions) -> dict[str, Any]:
         _pinned(launch, device), opts.out / "engine.log", start_timeout_s=opts.start_timeout_s
     ) as server:
         healthy_s = server.wait_healthy()
+        warm = warm_up(server.base_url, opts.model, space, opts.max_model_len) if opts.warmup else 0
         t0 = time.monotonic()
         scraper = PrometheusScraper(server.base_url + launch.metrics_path, opts.scrape_interval_s, t0=t0)
         nvml = NvmlSampler(opts.scrape_interval_s, t0=t0)
@@ -248,6 +262,7 @@ def real_run(trace: Trace, opts: RunOptions) -> dict[str, Any]:
         "backend": launch.backend,
         "model": opts.model,
         "engine_healthy_after_s": healthy_s,
+        "warmup_requests": warm,
         "engine_prefix_cache_queries": queries,
         "engine_prefix_cache_hits": hits,
         "engine_prefix_hit_rate": hits / queries if queries and not math.isnan(queries) else math.nan,

@@ -214,6 +214,13 @@ def build_launch(
     else:
         # vLLM's CPU platform sizes its KV pool from this variable (GiB), not from a memory share.
         env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+        # The model runs inside the engine-core process (uni executor). With vLLM's default
+        # multiprocess executor the engine core busy-waits on its worker (sched_yield in the
+        # shared-memory queue); on a small host this starves the API server and the client,
+        # and streamed tokens arrive in bursts seconds late (docs/decisions.md, "CPU engine").
+        # The CPU platform keeps the uni executor only with this variable set to 0.
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        argv += ["--distributed-executor-backend", "uni"]
         # float32 is the fastest exact dtype on CPUs without bf16 units.
         argv += ["--dtype", "float32"]
     pc: dict[str, Any] = dict(plugin_config or {})
