@@ -319,3 +319,30 @@ def test_job_end_by_last_call_hint_and_by_idle_timeout(model_dir: Path) -> None:
     time.sleep(0.08)
     sched.schedule()
     assert predictor.job("job-b") is None and sched.stats_dict()["jobs_ended_idle"] == 1
+
+
+def test_step_log_records_every_step_in_cost_model_terms(model_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    log = tmp_path / "steps.jsonl"
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, max_num_batched_tokens=64, pythia={"step_log_path": str(log)})
+    reqs = {"a": (tokens(1, 100), 5), "b": (tokens(2, 30), 3), "c": (tokens(3, 70), 1)}
+    for rid, (prompt, out) in reqs.items():
+        sched.add_request(make_request(rid, prompt, out, None))
+    steps = [st for st in drive(sched, max_steps=200) if st.scheduled]  # the engine runs no empty batch
+    sched.shutdown()
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    adds = [x for x in lines if "add" in x]
+    recs = [x for x in lines if "s" in x]
+    assert [x["add"] for x in adds] == list(reqs) and [x["prompt"] for x in adds] == [100, 30, 70]
+    assert len(recs) == len(steps)
+    for rec, st in zip(recs, steps):
+        assert rec["e"] >= rec["s"]
+        assert rec["S"] == len(st.scheduled) and rec["T"] == sum(st.scheduled.values())
+    assert sorted(r for rec in recs for r in rec["first"]) == sorted(reqs)
+    assert sorted(r for rec in recs for r in rec["done"]) == sorted(reqs)
+    # The first step prefills a's first 64 tokens from nothing: pairs = 64 * 65 / 2, KV read 64, nothing sampled.
+    assert (recs[0]["S"], recs[0]["T"], recs[0]["pairs"], recs[0]["kv"], recs[0]["sampled"]) == (1, 64, 64 * 65 // 2, 64, 0)
+    # Every request samples once per output token: sampled steps add up to the outputs.
+    assert sum(rec["sampled"] for rec in recs) == sum(out for _, out in reqs.values())
+    assert all(recs[i]["s"] <= recs[i + 1]["s"] for i in range(len(recs) - 1))

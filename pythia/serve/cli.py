@@ -80,7 +80,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         max_model_len=max_len, num_blocks=args.num_blocks, gap_scale=args.gap_scale,
         start_timeout_s=args.start_timeout_s, max_duration_s=args.max_duration_s, max_calls=args.max_calls,
         tensor_parallel_size=args.tensor_parallel_size, extra_engine_args=list(args.engine_arg),
-        progress=sys.stderr.isatty(),
+        progress=sys.stderr.isatty(), step_log=args.step_log, warmup=not args.no_warmup,
     )
     if args.backend == "sglang":
         import importlib.util
@@ -102,6 +102,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in short.items()}))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0 if summary.get("calls_failed", 0) == 0 else 1
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from pythia.bench.calibrate import calibrate_run, profile_yaml, write_profile
+
+    res = calibrate_run(args.run, args.gpu, args.model)
+    st, fe = res["steps"], res["frontend"]
+    print(f"engine steps: {st['steps']} fitted, median relative error {100 * st['median_rel_error']:.1f}%, "
+          f"fitted/measured time {st['total_fitted_over_measured']:.3f}", file=sys.stderr)
+    print(f"front end: {fe['calls_joined']} calls joined; issue->engine mean {fe['request_in_mean_ms']:.1f} ms "
+          f"(p90 {fe['request_in_p90_ms']:.1f}), engine->client mean {fe['response_out_ms']:.1f} ms", file=sys.stderr)
+    if args.write:
+        write_profile(args.write, res["key"], res["profile"], f"run {args.run.name}")
+        print(f"wrote {res['key']} into {args.write}", file=sys.stderr)
+    else:
+        print(profile_yaml(res["key"], res["profile"], f"run {args.run.name}"), end="")
+    if args.report:
+        args.report.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    return 0
 
 
 def register(subparsers: Any) -> None:
@@ -156,5 +175,23 @@ def register(subparsers: Any) -> None:
     rn.add_argument("--tensor-parallel-size", type=int, default=1)
     rn.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
                     help="an extra engine argument, repeatable (e.g. --engine-arg=--enforce-eager)")
+    rn.add_argument("--no-warmup", action="store_true",
+                    help="skip the warm-up batches sent before the replay (they are never in the tables)")
+    rn.add_argument("--step-log", action="store_true",
+                    help="record the engine's step times and batch shapes into engine-steps.jsonl (loads the plugin; "
+                    "with --system vllm it schedules as stock vLLM); what `pythia calibrate` fits")
     add_workload_options(rn)
     rn.set_defaults(func=_cmd_run)
+
+    cal = subparsers.add_parser(
+        "calibrate", help="fit the simulator's cost profile from a run recorded with `pythia run --step-log`",
+        description="Fit a (GPU, model) entry of the simulator's efficiency table from a real run's own "
+        "engine step times and its client/engine timing; prints the YAML entry or writes it into a file.",
+    )
+    cal.add_argument("run", type=Path, help="run folder of `pythia run --step-log`")
+    cal.add_argument("--gpu", required=True, help="accelerator name of the simulator's data (e.g. h100-80gb, cpu-2core)")
+    cal.add_argument("--model", required=True, help="model name of the simulator's data (e.g. llama-3.1-8b, tiny-llama)")
+    cal.add_argument("--write", type=Path, metavar="EFFICIENCY_YAML",
+                     help="replace the entry in this file (e.g. pythia/sim/data/efficiency.yaml) instead of printing it")
+    cal.add_argument("--report", type=Path, help="also write the fit report (coefficients and errors) as JSON")
+    cal.set_defaults(func=_cmd_calibrate)

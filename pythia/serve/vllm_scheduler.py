@@ -89,6 +89,12 @@ class PluginConfig:
             annotation), ``admit`` (admission order) and ``finish`` (preemptions) (``None``: off).
         stats_interval_s: how often the stats file is rewritten.
         pool: the model pool name reported to cache hooks.
+        step_log_path: a JSON Lines file of the engine's own step times (``None``: off): one
+            line per step with its start and end (``time.monotonic()``, comparable across
+            processes of one host) and the batch's shape in the cost model's terms (sequences,
+            tokens, sampled sequences, query-key pairs, KV tokens read), the requests that got
+            their first token or finished in it, and one line per request reaching the engine.
+            The simulator's cost profile is fitted from it (:mod:`pythia.bench.calibrate`).
     """
 
     hooks: str = "system:vllm"
@@ -98,6 +104,7 @@ class PluginConfig:
     events_path: str | None = None
     stats_interval_s: float = 1.0
     pool: str = "default"
+    step_log_path: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pin_budget_fraction < 1.0:
@@ -244,6 +251,8 @@ class _PythiaAdapter:
         self._jobs_live: dict[str, list[float]] = {}
         self._idle_check_due = 0.0
         self._events = _open_events(self.pythia_config.events_path)
+        self._steps_log = _open_events(self.pythia_config.step_log_path)
+        self._step: dict[str, Any] | None = None
         self._stats_due = 0.0
         logger.info(
             "Pythia scheduler plugin %s: hooks=%s, pin budget %d blocks of %d, base %s",
@@ -256,6 +265,8 @@ class _PythiaAdapter:
     def add_request(self, request: Request) -> None:
         """Accept a request: parse its annotation once and make its view, then enqueue it."""
         rid = request.request_id
+        if self._steps_log is not None:
+            self._steps_log.write(json.dumps({"add": rid, "t": time.monotonic(), "prompt": request.num_prompt_tokens}) + "\n")
         if rid not in self._views and rid not in self.requests:  # type: ignore[attr-defined]
             params = request.sampling_params
             parsed = parse_extra_args(params.extra_args if params is not None else None)
@@ -354,6 +365,7 @@ class _PythiaAdapter:
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         """One step: refresh the queue, mark the victim, run vLLM's scheduler, apply cache actions."""
+        t_start = time.monotonic()
         now = time.time()
         hooks = self.pythia_hooks
         if hooks.scheduling.dynamic:
@@ -366,6 +378,8 @@ class _PythiaAdapter:
             self._in_schedule = False
         st = self.pythia_stats
         st.steps += 1
+        if self._steps_log is not None:
+            self._step = self._step_shape(out, t_start)
         if out.preempted_req_ids:
             st.preemptions += len(out.preempted_req_ids)
             if self.pythia_pinner.pinned_blocks:
@@ -391,10 +405,49 @@ class _PythiaAdapter:
 
     def update_from_output(self, *args: Any, **kwargs: Any) -> Any:
         """vLLM's update; the stats file is also rewritten when the engine falls idle (the end of a run)."""
+        step = self._step
+        if step is not None:
+            # Output counts before the update: a request whose count rises from 0 got its first token.
+            reqs = self.requests  # type: ignore[attr-defined]
+            before = {rid: r.num_output_tokens for rid in step["ids"] if (r := reqs.get(rid)) is not None}
         out = super().update_from_output(*args, **kwargs)  # type: ignore[misc]
+        if step is not None:
+            self._step = None
+            reqs = self.requests  # type: ignore[attr-defined]
+            first, done = [], []
+            for rid, n0 in before.items():
+                r = reqs.get(rid)
+                if n0 == 0 and (r is None or r.num_output_tokens > 0):
+                    first.append(rid)
+                if r is None or r.is_finished():
+                    done.append(rid)
+            del step["ids"]
+            step.update(e=time.monotonic(), first=first, done=done)
+            assert self._steps_log is not None
+            self._steps_log.write(json.dumps(step, separators=(",", ":")) + "\n")
         if self.pythia_config.stats_path and not self.requests:  # type: ignore[attr-defined]
             self.write_stats()
         return out
+
+    def _step_shape(self, out: Any, t_start: float) -> dict[str, Any]:
+        """The batch of one step in the cost model's terms (see :mod:`pythia.sim.costmodel`)."""
+        reqs = self.requests  # type: ignore[attr-defined]
+        seqs = tokens = sampled = pairs = kv = 0
+        ids = []
+        for rid, q in out.num_scheduled_tokens.items():
+            r = reqs.get(rid)
+            if r is None or q <= 0:
+                continue
+            c = r.num_computed_tokens - q  # vLLM advanced it when scheduling
+            seqs += 1
+            tokens += q
+            pairs += q * c + q * (q + 1) // 2
+            kv += c + q
+            if r.num_computed_tokens >= r.num_tokens:
+                sampled += 1
+            ids.append(rid)
+        return {"s": t_start, "S": seqs, "T": tokens, "sampled": sampled, "pairs": pairs, "kv": kv,
+                "new": len(out.scheduled_new_reqs), "ids": ids}
 
     def _pressure(self) -> bool:
         """Whether this step could need to preempt: free blocks below what the step could take."""
@@ -441,9 +494,11 @@ class _PythiaAdapter:
         try:
             if self.pythia_config.stats_path:
                 self.write_stats()
-            if self._events is not None:
-                self._events.close()
-                self._events = None
+            for name in ("_events", "_steps_log"):
+                f = getattr(self, name, None)
+                if f is not None:
+                    f.close()
+                    setattr(self, name, None)
         finally:
             super().shutdown()  # type: ignore[misc]
 
