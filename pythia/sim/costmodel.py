@@ -16,7 +16,10 @@ inside each branch of the ``max``: the fast-forward sums many iterations of a st
 (decode steps and prefill chunks) in closed form and gets exactly the same total as stepping.
 
 Coefficients: ``data/gpus.yaml`` (peaks), ``data/models.yaml`` (shapes),
-``data/efficiency.yaml`` (mfu, mbu, overheads per GPU and model).
+``data/efficiency.yaml`` (mfu, mbu, overheads per GPU and model). The same entry carries the
+serving front end's per-call costs outside the engine loop: ``request_service_ms`` (the
+front end's time per request, served one at a time), ``request_in_ms`` (a further fixed
+delay to the engine queue) and ``response_out_ms`` (engine token to client).
 """
 
 from __future__ import annotations
@@ -121,6 +124,9 @@ class CostModel:
         self.m_kv = round(m.kv_bytes_per_token * fs_per_byte)
         self.overhead = round(eff["overhead_ms"] * 1e-3 * FS_PER_S)
         self.c_seq = round(eff["per_seq_us"] * 1e-6 * FS_PER_S)
+        self.request_in_fs = round(float(eff.get("request_in_ms", 0.0)) * 1e-3 * FS_PER_S)
+        self.request_service_fs = round(float(eff.get("request_service_ms", 0.0)) * 1e-3 * FS_PER_S)
+        self.response_out_fs = round(float(eff.get("response_out_ms", 0.0)) * 1e-3 * FS_PER_S)
         if tp > 1:
             link = spec["link_gbps"] * 1e9
             self.ar_fixed = round(2 * m.layers * eff["allreduce_us"] * 1e-6 * FS_PER_S)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from pythia.policy.base import CachePolicy, Policies
 from pythia.policy.systems import EngineFlags
 from pythia.sim.costmodel import FS_PER_S, CostModel
+from pythia.sim.events import FRONT
 from pythia.sim.fastforward import Segment, materialize, plan
 from pythia.sim.kvcache import KVCache
 from pythia.sim.kvextents import ExtentKVCache
@@ -74,6 +75,7 @@ class Replica:
         self.running: list[SimRequest] = []
         self.background: list[SimRequest] = []
         self.inflight: dict[SimRequest, int] = {}
+        self.front_free_fs = 0  # when the front end is free to take the next request
         self.busy = False
         self.end_fs = 0
         self.version = 0
@@ -119,7 +121,21 @@ class Replica:
     # ------------------------------------------------------------------ arrivals
 
     def enqueue(self, req: SimRequest, now: int) -> None:
-        """A call reaches this replica's waiting queue at ``now``."""
+        """A call routed here at ``now`` passes the serving front end, then reaches the waiting queue.
+
+        The front end (the replica's API server) handles one request at a time for
+        ``request_service`` and hands it over ``request_in`` later (both from the cost
+        profile, zero unless calibrated): calls issued together reach the engine staggered,
+        as they do in a real server.
+        """
+        cost = self.cost
+        if not req.fronted and (cost.request_in_fs or cost.request_service_fs):
+            req.fronted = True
+            done = max(self.front_free_fs, now) + cost.request_service_fs
+            self.front_free_fs = done
+            self.cluster.events.push(done + cost.request_in_fs, FRONT, self.replica_id, req.call_id, (req, self))
+            return
+        req.fronted = True
         req.arrival_fs = now
         req.arrival_s = now / FS_PER_S
         req.replica_id = self.replica_id

@@ -2,7 +2,8 @@
 
 An event is ``(time_fs, kind, a, b, seq, payload)``. Times are integer femtoseconds, so
 sums of costs are exact. At equal times events run by ``kind`` (iteration ends before
-readiness, readiness before call issues, issues before job arrivals, ticks last), then by
+readiness, readiness before front-end hand-overs (a call reaching its engine, a finished
+call reaching its client), those before call issues, issues before job arrivals, ticks last), then by
 the stable ids ``a, b`` (replica id, job index, call id), and only then by insertion order:
 the order never depends on how many events a fast-forward skipped.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-STEP, READY, ISSUE, JOB, TICK = 0, 1, 2, 3, 4
+STEP, READY, FRONT, ISSUE, JOB, TICK = 0, 1, 2, 3, 4, 5
 
 
 class EventQueue:

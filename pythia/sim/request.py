@@ -16,6 +16,7 @@ class SimRequest:
         "arrival_s", "num_preemptions", "block_hashes", "hlist", "annotations",
         "kv_ref", "kv_priv", "kv_path", "arrival_fs", "issue_fs", "first_token_fs", "finish_fs",
         "cached_tokens", "computed_tokens", "admitted", "sched_fs", "replica_id", "ctx", "background",
+        "fronted",
     )
 
     def __init__(
@@ -59,6 +60,7 @@ class SimRequest:
         self.kv_path: list[list[Any]] = []  # (extent, cover) pieces held, for the extent-based pool
         self.arrival_fs = issue_fs
         self.issue_fs = issue_fs
+        self.fronted = False  # passed its replica's serving front end (see Replica.enqueue)
         self.first_token_fs = -1
         self.finish_fs = -1
         self.cached_tokens = 0

@@ -17,7 +17,7 @@ from pythia.policy.systems import System, load_system
 from pythia.sim.cluster import Cluster
 from pythia.sim.config import ClusterConfig, SimOptions, load_cluster
 from pythia.sim.costmodel import FS_PER_S
-from pythia.sim.events import ISSUE, JOB, READY, STEP, TICK, EventQueue
+from pythia.sim.events import FRONT, ISSUE, JOB, READY, STEP, TICK, EventQueue
 from pythia.sim.metrics import TIMESERIES_COLUMNS, frame, summarise, write_json, write_parquet
 from pythia.sim.runtime import CALL_COLUMNS, JOB_COLUMNS, Runtime
 from pythia.workflow.trace import Trace
@@ -104,6 +104,8 @@ class Simulation:
                 on_issue(t, a, b)
             elif kind == JOB:
                 on_job(t, a)
+            elif kind == FRONT:
+                runtime.on_front(t, payload)
             elif kind == READY:
                 cluster.on_ready(t, a)
             elif a == TICK_SAMPLE:

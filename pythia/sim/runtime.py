@@ -20,7 +20,7 @@ import numpy as np
 
 from pythia.sim.cluster import Cluster, Pool
 from pythia.sim.costmodel import FS_PER_S
-from pythia.sim.events import ISSUE, JOB, EventQueue
+from pythia.sim.events import FRONT, ISSUE, JOB, EventQueue
 from pythia.sim.engine import Replica
 from pythia.sim.request import SimRequest
 from pythia.workflow.blocks import sequence_hashes, sequence_hashes_many
@@ -235,6 +235,14 @@ class Runtime:
         self.predictor.call_issued(req, now / FS_PER_S)
         self.cluster.submit(req, pool, now)
 
+    def on_front(self, now: int, payload: tuple[SimRequest, Any]) -> None:
+        """A front-end hand-over ends: a call reaches its engine queue, or a finished call its client."""
+        req, replica = payload
+        if replica is None:
+            self._delivered(req, now)
+        else:
+            replica.enqueue(req, now)
+
     def _fail(self, st: JobState, req: SimRequest, now: int) -> None:
         st.failed = True
         st.pending -= 1
@@ -245,11 +253,22 @@ class Runtime:
     def on_call_finished(self, req: SimRequest, now: int) -> None:
         """A call ended: release its dependants, end the job when nothing of it is left."""
         self.live.pop(req.request_id, None)
+        self.predictor.call_finished(req, now / FS_PER_S)
+        delay = self.cluster.replicas[req.replica_id].cost.response_out_fs
+        if delay:
+            # The client reads the last token after the front end's output path.
+            st: JobState = req.ctx
+            self.events.push(now + delay, FRONT, st.index, req.call_id, (req, None))
+        else:
+            self._delivered(req, now)
+
+    def _delivered(self, req: SimRequest, now: int) -> None:
+        """The client has the whole response of ``req`` at ``now``."""
         st: JobState = req.ctx
         st.done += 1
         st.call_finish[req.call_id] = now
-        self._row(req, pool_name=self.cluster.replicas[req.replica_id].pool, status="finished")
-        self.predictor.call_finished(req, now / FS_PER_S)
+        self._row(req, pool_name=self.cluster.replicas[req.replica_id].pool, status="finished",
+                  out_fs=self.cluster.replicas[req.replica_id].cost.response_out_fs)
         for child in st.children[req.call_id]:
             st.waiting_deps[child] -= 1
             if st.waiting_deps[child] == 0:
@@ -258,10 +277,11 @@ class Runtime:
         if st.pending == 0:
             self._end_job(st, now)
 
-    def _row(self, req: SimRequest, *, pool_name: str, status: str) -> None:
+    def _row(self, req: SimRequest, *, pool_name: str, status: str, out_fs: int = 0) -> None:
+        """One call row; first token and finish are when the client reads them (``out_fs`` after the engine)."""
         f = FS_PER_S
-        ttft = (req.first_token_fs - req.issue_fs) / f if req.first_token_fs >= 0 else float("nan")
-        finish = req.finish_fs / f if req.finish_fs >= 0 else float("nan")
+        ttft = (req.first_token_fs + out_fs - req.issue_fs) / f if req.first_token_fs >= 0 else float("nan")
+        finish = (req.finish_fs + out_fs) / f if req.finish_fs >= 0 else float("nan")
         tpot = ((req.finish_fs - req.first_token_fs) / f / (req.output_tokens - 1)
                 if req.finish_fs >= 0 and req.output_tokens > 1 else float("nan"))
         self.call_rows.append((
