@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pythia.bench.calibrate import (
     calibrate_run,
+    calibrate_runs,
     fifo_delays,
     fit_fifo,
     fit_steps,
@@ -145,6 +146,15 @@ def test_calibrate_run_joins_client_and_engine_times(tmp_path: Path) -> None:
     assert text.count(f"{GPU}/{MODEL}:") == 1 and "other/x:" in text
 
 
+def test_pooled_runs_fit_like_one_when_they_are_copies(tmp_path: Path) -> None:
+    run = _write_run(tmp_path)
+    one, two = calibrate_runs([run], GPU, MODEL), calibrate_runs([run, run], GPU, MODEL)
+    for k in ("mfu", "overhead_ms", "per_seq_us", "request_service_ms", "request_in_ms", "response_out_ms"):
+        assert two["profile"][k] == pytest.approx(one["profile"][k], rel=1e-6, abs=1e-5)
+    assert two["frontend"]["calls_joined"] == 2 * one["frontend"]["calls_joined"]
+    assert two["steps"]["steps"] == 2 * one["steps"]["steps"]
+
+
 def test_calibrate_names_a_missing_step_log(tmp_path: Path) -> None:
     with pytest.raises(PythiaInputError, match="engine-steps.jsonl.*--step-log"):
         calibrate_run(tmp_path, GPU, MODEL)
@@ -165,10 +175,10 @@ def test_cost_model_reads_the_front_end_fields() -> None:
 # --------------------------------------------------------------------------- the front end in the simulator
 
 
-def _fanout_trace(n: int) -> "object":
+def _fanout_trace(n: int, model: str = MODEL) -> "object":
     from pythia.workflow.trace import Call, Job, Trace, segments
 
-    calls = [Call(call_id=i, agent_role="reader", model=MODEL, input_tokens=200, output_tokens=20, deps=(), gap_s=0.0,
+    calls = [Call(call_id=i, agent_role="reader", model=model, input_tokens=200, output_tokens=20, deps=(), gap_s=0.0,
                   prompt=segments([(7000 + i, 0, 200)])) for i in range(n)]
     return Trace(jobs=[Job(job_id="j0", workflow_type="t", workflow_id="w", calls=calls)],
                  arrival={"process": "closed", "concurrency": 1})
@@ -205,3 +215,19 @@ def test_front_end_hands_calls_issued_together_over_one_at_a_time(monkeypatch: p
     assert arrivals == pytest.approx([0.004 * (i + 1) for i in range(5)], abs=1e-9)
     # With no front end they all arrive at once.
     assert set(_sim(monkeypatch, _fanout_trace(5), NO_FRONT).arrival_s) == {0.0}
+
+
+def test_cpu_profile_raises_the_block_size_as_the_real_launch_does() -> None:
+    from pythia.policy.systems import load_system
+    from pythia.serve.engines import build_launch
+    from pythia.sim.config import SimOptions, load_cluster
+    from pythia.sim.run import Simulation
+
+    system = load_system("vllm")
+    assert system.engine.block_size == 16
+    sim = Simulation(system, load_cluster("cpu-tiny"), _fanout_trace(1), SimOptions(seed=0, progress=False))
+    launch = build_launch("vllm-cpu", "/models/tiny", 8000, None)
+    assert sim.cluster.flags.block_size == int(launch.argv[launch.argv.index("--block-size") + 1]) == 32
+    # GPU clusters keep the system's block size.
+    gpu = Simulation(system, load_cluster("llama8b-x8"), _fanout_trace(1, "llama-3.1-8b"), SimOptions(seed=0, progress=False))
+    assert gpu.cluster.flags.block_size == 16

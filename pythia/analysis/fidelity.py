@@ -56,3 +56,43 @@ def fidelity_table(pairs: Sequence[tuple[str | Path, str | Path]]) -> pd.DataFra
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["kind", "id", "real_s", "sim_s", "rel_error", "workload", "system", "load_kind", "load", "seed"]
     )
+
+
+def run_means(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.Series]:
+    """Per-call mean latency and TTFT, and per-job mean JCT, over repeated real runs of one workload.
+
+    Only calls finished (and jobs completed) in every run count: a mean over runs where some
+    failed would mix different things.
+    """
+    calls, jobs = [], []
+    for d in run_dirs:
+        c = pd.read_parquet(Path(d) / "calls.parquet")
+        c = c[c["status"] == "finished"].set_index(["job_id", "call_id"])[["latency_s", "ttft_s"]]
+        calls.append(c)
+        j = pd.read_parquet(Path(d) / "jobs.parquet")
+        jobs.append(j[j["completed"].astype(bool)].set_index("job_id")["jct_s"])
+    keys = calls[0].index
+    for c in calls[1:]:
+        keys = keys.intersection(c.index)
+    jkeys = jobs[0].index
+    for j in jobs[1:]:
+        jkeys = jkeys.intersection(j.index)
+    mean_calls = sum(c.loc[keys] for c in calls) / len(calls)
+    mean_jobs = sum(j.loc[jkeys] for j in jobs) / len(jobs)
+    return mean_calls, mean_jobs
+
+
+def errors_against(mean_calls: pd.DataFrame, mean_jobs: pd.Series, run_dir: str | Path) -> dict[str, float]:
+    """Median relative errors of one run (real or simulated) against per-call and per-job reference means."""
+    c = pd.read_parquet(Path(run_dir) / "calls.parquet").set_index(["job_id", "call_id"])
+    j = pd.read_parquet(Path(run_dir) / "jobs.parquet").set_index("job_id")
+    keys = mean_calls.index.intersection(c.index)
+    jkeys = mean_jobs.index.intersection(j.index)
+    return {
+        "call_latency": float(np.median(rel_error(mean_calls.loc[keys, "latency_s"], c.loc[keys, "latency_s"]))),
+        "ttft": float(np.nanmedian(rel_error(mean_calls.loc[keys, "ttft_s"], c.loc[keys, "ttft_s"]))),
+        "jct": float(np.median(rel_error(mean_jobs.loc[jkeys], j.loc[jkeys, "jct_s"]))),
+        "call_latency_sum_ratio": float(c.loc[keys, "latency_s"].sum() / mean_calls.loc[keys, "latency_s"].sum()),
+        "jct_sum_ratio": float(j.loc[jkeys, "jct_s"].sum() / mean_jobs.loc[jkeys].sum()),
+        "calls": int(len(keys)), "jobs": int(len(jkeys)),
+    }

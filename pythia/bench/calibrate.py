@@ -32,7 +32,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,8 @@ STEP_LOG = "engine-steps.jsonl"
 BACK_TO_BACK_S = 0.002
 # The memory branch is kept from binding when only compute is fitted (see the module docstring).
 UNBOUND_MBU = 1000.0
+# Pooled runs are placed this far apart on one time line (longer than any run).
+RUN_SPACING_S = 1e7
 
 
 @dataclass
@@ -142,8 +144,13 @@ def fit_steps(steps: pd.DataFrame, gpu: str, model: str) -> dict[str, Any]:
     }
 
 
-def fit_frontend(log: StepLog, calls: pd.DataFrame, clock_origin_s: float) -> dict[str, Any]:
-    """Client issue -> engine arrival and engine token -> client, joined by request id."""
+def frontend_samples(log: StepLog, calls: pd.DataFrame, clock_origin_s: float) -> tuple[list[float], list[float], list[float]]:
+    """Per finished call: issue time, issue -> engine arrival, and engine token -> client (first and last).
+
+    Calls and engine requests are joined by request id (vLLM embeds the client's id in its own).
+    """
+    from pythia.bench.replay import client_request_id
+
     first: dict[str, float] = {}
     done: dict[str, float] = {}
     for row in log.steps.itertuples():
@@ -151,17 +158,14 @@ def fit_frontend(log: StepLog, calls: pd.DataFrame, clock_origin_s: float) -> di
             first.setdefault(r, row.e)
         for r in row.done:
             done.setdefault(r, row.e)
-    # Engine ids embed the client's id (cmpl-<client id>-<n>[-suffix]).
     by_client: dict[str, str] = {}
     pat = re.compile(r"pythia-[0-9a-f]+")
     for rid in log.adds:
         m = pat.search(rid)
         if m:
             by_client.setdefault(m.group(0), rid)
-    from pythia.bench.replay import client_request_id
-
-    ins: list[float] = []
     issues: list[float] = []
+    ins: list[float] = []
     outs: list[float] = []
     for c in calls.itertuples():
         rid = by_client.get(client_request_id(c.job_id, int(c.call_id)))
@@ -174,6 +178,11 @@ def fit_frontend(log: StepLog, calls: pd.DataFrame, clock_origin_s: float) -> di
             outs.append(issue + c.ttft_s - first[rid])
         if rid in done:
             outs.append(clock_origin_s + c.finish_s - done[rid])
+    return issues, ins, outs
+
+
+def fit_frontend(issues: Sequence[float], ins: Sequence[float], outs: Sequence[float]) -> dict[str, Any]:
+    """The front end's request service time and delays from joined samples (see :func:`frontend_samples`)."""
     if not ins:
         raise PythiaInputError("no call of calls.parquet matches a request of the step log (request ids differ)")
     service, base, err = fit_fifo(np.asarray(issues), np.asarray(ins))
@@ -220,27 +229,50 @@ def fit_fifo(issue: np.ndarray, delay: np.ndarray, max_service_s: float = 0.05) 
     return best
 
 
-def calibrate_run(run: Path, gpu: str, model: str) -> dict[str, Any]:
-    """Both fits on one run folder; returns the profile entry and the fit report."""
-    path = run / STEP_LOG
-    if not path.is_file():
-        raise PythiaInputError(f"{path} does not exist; record it with `pythia run --step-log`")
-    log = read_step_log(path)
-    calls = pd.read_parquet(run / "calls.parquet")
-    summary = json.loads((run / "summary.json").read_text())
-    origin = summary.get("clock_origin_monotonic_s")
-    if origin is None:
-        raise PythiaInputError(f"{run / 'summary.json'} has no clock_origin_monotonic_s; rerun with this version of `pythia run`")
-    # Only the replay's steps: the warm-up before it ran a cold engine on purpose.
-    steps = fit_steps(log.steps[log.steps["s"] >= float(origin)], gpu, model)
-    front = fit_frontend(log, calls, float(origin))
+def calibrate_runs(runs: Sequence[Path], gpu: str, model: str) -> dict[str, Any]:
+    """Both fits on one or more run folders (pooled); returns the profile entry and the fit report."""
+    if not runs:
+        raise PythiaInputError("calibration needs at least one run folder")
+    steps_all: list[pd.DataFrame] = []
+    issues: list[float] = []
+    ins: list[float] = []
+    outs: list[float] = []
+    for k, run in enumerate(runs):
+        path = run / STEP_LOG
+        if not path.is_file():
+            raise PythiaInputError(f"{path} does not exist; record it with `pythia run --step-log`")
+        log = read_step_log(path)
+        calls = pd.read_parquet(run / "calls.parquet")
+        summary = json.loads((run / "summary.json").read_text())
+        origin = summary.get("clock_origin_monotonic_s")
+        if origin is None:
+            raise PythiaInputError(f"{run / 'summary.json'} has no clock_origin_monotonic_s; rerun with this version of `pythia run`")
+        # Only the replay's steps: the warm-up before it ran a cold engine on purpose. Runs
+        # are moved apart in time so that their steps and queues never meet in the fits.
+        shift = RUN_SPACING_S * k - float(origin)
+        st = log.steps[log.steps["s"] >= float(origin)].copy()
+        st["s"] += shift
+        st["e"] += shift
+        steps_all.append(st)
+        i, d, o = frontend_samples(log, calls, float(origin))
+        issues += [t + shift for t in i]
+        ins += d
+        outs += o
+    steps = fit_steps(pd.concat(steps_all, ignore_index=True), gpu, model)
+    front = fit_frontend(issues, ins, outs)
     profile = {
         "mfu": steps["mfu"], "mbu": UNBOUND_MBU, "overhead_ms": steps["overhead_ms"], "per_seq_us": steps["per_seq_us"],
         "allreduce_us": 0.0, "activation_gib": 0.0,
         "request_service_ms": front["request_service_ms"], "request_in_ms": front["request_in_ms"],
         "response_out_ms": front["response_out_ms"],
     }
-    return {"key": f"{gpu}/{model}", "profile": profile, "steps": steps, "frontend": front, "run": str(run)}
+    return {"key": f"{gpu}/{model}", "profile": profile, "steps": steps, "frontend": front,
+            "runs": [str(r) for r in runs]}
+
+
+def calibrate_run(run: Path, gpu: str, model: str) -> dict[str, Any]:
+    """:func:`calibrate_runs` on one run folder."""
+    return calibrate_runs([run], gpu, model)
 
 
 def profile_yaml(key: str, profile: dict[str, float], source: str) -> str:

@@ -105,19 +105,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from pythia.bench.calibrate import calibrate_run, profile_yaml, write_profile
+    from pythia.bench.calibrate import calibrate_runs, profile_yaml, write_profile
 
-    res = calibrate_run(args.run, args.gpu, args.model)
+    res = calibrate_runs(args.runs, args.gpu, args.model)
+    source = f"{len(args.runs)} run(s) ({', '.join(r.name for r in args.runs)})"
     st, fe = res["steps"], res["frontend"]
     print(f"engine steps: {st['steps']} fitted, median relative error {100 * st['median_rel_error']:.1f}%, "
           f"fitted/measured time {st['total_fitted_over_measured']:.3f}", file=sys.stderr)
     print(f"front end: {fe['calls_joined']} calls joined; issue->engine mean {fe['request_in_mean_ms']:.1f} ms "
           f"(p90 {fe['request_in_p90_ms']:.1f}), engine->client mean {fe['response_out_ms']:.1f} ms", file=sys.stderr)
     if args.write:
-        write_profile(args.write, res["key"], res["profile"], f"run {args.run.name}")
+        write_profile(args.write, res["key"], res["profile"], source)
         print(f"wrote {res['key']} into {args.write}", file=sys.stderr)
     else:
-        print(profile_yaml(res["key"], res["profile"], f"run {args.run.name}"), end="")
+        print(profile_yaml(res["key"], res["profile"], source), end="")
     if args.report:
         args.report.write_text(json.dumps(res, indent=1, default=str) + "\n")
     return 0
@@ -188,7 +189,7 @@ def register(subparsers: Any) -> None:
         description="Fit a (GPU, model) entry of the simulator's efficiency table from a real run's own "
         "engine step times and its client/engine timing; prints the YAML entry or writes it into a file.",
     )
-    cal.add_argument("run", type=Path, help="run folder of `pythia run --step-log`")
+    cal.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folder(s) of `pythia run --step-log`, pooled")
     cal.add_argument("--gpu", required=True, help="accelerator name of the simulator's data (e.g. h100-80gb, cpu-2core)")
     cal.add_argument("--model", required=True, help="model name of the simulator's data (e.g. llama-3.1-8b, tiny-llama)")
     cal.add_argument("--write", type=Path, metavar="EFFICIENCY_YAML",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pythia.policy.base import Policies
 from pythia.policy.systems import System, load_system
 from pythia.sim.cluster import Cluster
 from pythia.sim.config import ClusterConfig, SimOptions, load_cluster
-from pythia.sim.costmodel import FS_PER_S
+from pythia.sim.costmodel import FS_PER_S, gpu_spec
 from pythia.sim.events import FRONT, ISSUE, JOB, READY, STEP, TICK, EventQueue
 from pythia.sim.metrics import TIMESERIES_COLUMNS, frame, summarise, write_json, write_parquet
 from pythia.sim.runtime import CALL_COLUMNS, JOB_COLUMNS, Runtime
@@ -48,7 +49,13 @@ class Simulation:
             if hasattr(p, "set_rng"):  # one seeded generator per component
                 p.set_rng(np.random.default_rng([options.seed, 0x5137, i]))
         self.events = EventQueue()
-        self.cluster = Cluster(cluster_config, system.engine, self.policies, self.events,
+        flags = system.engine
+        multiple = int(gpu_spec(cluster_config.gpu).get("kv_block_multiple", 1))
+        if flags.block_size % multiple:
+            # As the real launch does (pythia.serve.engines): the backend's attention on this
+            # hardware only takes block sizes that are multiples of ``multiple``.
+            flags = dataclasses.replace(flags, block_size=-(-flags.block_size // multiple) * multiple)
+        self.cluster = Cluster(cluster_config, flags, self.policies, self.events,
                                fast_forward=options.fast_forward, check_invariants=options.check_invariants,
                                kv_index=options.kv_index)
         for job in trace.jobs:  # unknown model names fail before the run, listing the known ones
