@@ -7,6 +7,7 @@ time, so tests can check dependency order, gaps, annotations, prompt synthesis a
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import threading
@@ -156,6 +157,22 @@ def test_closed_loop_replay_follows_dependencies_and_writes_simulator_columns(st
     assert s["jobs_completed"] == 3 and s["calls_completed"] == 12 and s["calls_failed"] == 0
     assert s["mean_jct_s"] > 0 and s["duration_s"] > 0 and "simulated_s" not in s
     assert res.jobs["critical_path_calls"].tolist() == [3, 3, 3]
+    # The client reports its own health and the clock origin engine-side logs join on.
+    assert 0 <= s["client_loop_lag_p99_ms"] <= s["client_loop_lag_max_ms"]
+    assert 0 < s["clock_origin_monotonic_s"] <= time.monotonic()
+    assert gc.get_freeze_count() == 0  # the collector's frozen set is given back after the replay
+
+
+def test_warm_up_covers_each_shape_class_outside_the_workloads_streams(stub: _StubServer) -> None:
+    from pythia.bench.replay import WARMUP_ROUNDS, warm_up
+
+    sent = warm_up(stub.url, "tiny", SPACE, max_context=1024)
+    assert sent == sum(n for n, _, _ in WARMUP_ROUNDS) == len(stub.requests)
+    lengths = sorted({len(b["prompt"]) for _, b in stub.requests})
+    assert max(lengths) < 1024 and len(lengths) == len(WARMUP_ROUNDS)  # clamped to the context
+    assert all(b["max_tokens"] == b["min_tokens"] and b["ignore_eos"] for _, b in stub.requests)
+    prompts = [tuple(b["prompt"][:16]) for _, b in stub.requests]
+    assert len(set(prompts)) == len(prompts)  # every warm-up prompt is its own stream
 
 
 def test_requests_carry_annotations_exact_lengths_and_realised_outputs(stub: _StubServer) -> None:

@@ -22,6 +22,7 @@ loopback addresses are accepted.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import json
 import math
@@ -43,6 +44,7 @@ from pythia.workflow.hashing import stable_key
 from pythia.workflow.trace import Call, Job, Trace
 
 FINISHED, FAILED, SKIPPED, NOT_ISSUED = "finished", "failed", "skipped", "not_issued"
+LOOP_WATCH_S = 0.01  # period of the client's event-loop lag probe
 
 
 def client_request_id(job_id: str, call_id: int) -> str:
@@ -161,6 +163,7 @@ class Replayer:
         self.calls_sent = 0
         self.errors: list[str] = []
         self.request_ids: dict[str, tuple[str, int]] = {}
+        self.loop_lags: list[float] = []
         self._t0 = 0.0
         self._deadline = 0.0
         self._bar: Any = None
@@ -176,6 +179,16 @@ class Replayer:
 
     async def run(self) -> None:
         """Release every job and wait for all of them (or the deadline)."""
+        # Everything made so far (imports, the trace) is moved out of the collector's sight:
+        # a full collection over it stalled the event loop for ~0.5 s in the middle of runs.
+        gc.collect()
+        gc.freeze()
+        try:
+            await self._run()
+        finally:
+            gc.unfreeze()
+
+    async def _run(self) -> None:
         import httpx
 
         self._t0 = time.monotonic()
@@ -199,6 +212,7 @@ class Replayer:
                     asyncio.create_task(self._open_job(job, ((job.arrival_s or 0.0) - t_first) * scale))
                     for job in self.trace.jobs
                 ]
+            watch = asyncio.create_task(self._watch_loop())
             try:
                 await asyncio.wait_for(asyncio.gather(*tasks), timeout=self.opts.max_duration_s + 5.0)
             except asyncio.TimeoutError:
@@ -206,8 +220,18 @@ class Replayer:
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
         if self._bar is not None:
             self._bar.close()
+
+    async def _watch_loop(self) -> None:
+        """Record how late the client's event loop wakes up: a late loop delays every timestamp it takes."""
+        while True:  # cancelled when the replay ends
+            t = time.monotonic()
+            await asyncio.sleep(LOOP_WATCH_S)
+            self.loop_lags.append(time.monotonic() - t - LOOP_WATCH_S)
 
     async def _closed_worker(self, queue: Any) -> None:
         for idx in queue:
@@ -420,6 +444,10 @@ class Replayer:
             "gap_scale": opts.gap_scale,
             # time.monotonic() at t = 0 of the tables: joins them to engine-side step logs.
             "clock_origin_monotonic_s": self._t0,
+            # The client's own health: how late its event loop woke (a loaded client host
+            # delays the timestamps it takes; tens of ms here make the run suspect).
+            "client_loop_lag_p99_ms": float(np.quantile(self.loop_lags, 0.99) * 1e3) if self.loop_lags else math.nan,
+            "client_loop_lag_max_ms": float(max(self.loop_lags) * 1e3) if self.loop_lags else math.nan,
             "errors": self.errors[:20],
         })
         return ReplayResult(calls, jobs, summary, dict(self.request_ids), list(self.errors))
