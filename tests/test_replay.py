@@ -163,6 +163,14 @@ def test_closed_loop_replay_follows_dependencies_and_writes_simulator_columns(st
     assert gc.get_freeze_count() == 0  # the collector's frozen set is given back after the replay
 
 
+def test_a_job_with_two_ends_marks_no_last_call(stub: _StubServer) -> None:
+    job = multi_agent_job(0)
+    # Drop the engineer: the two explorers both end the job, and either may finish last.
+    two_ends = Job(job.job_id, job.workflow_type, job.workflow_id, job.calls[:3])
+    run_replay(Trace([two_ends], arrival={"process": "closed", "concurrency": 1}), options(stub.url))
+    assert not any(b["vllm_xargs"].get("pythia_hint.last_call") for _, b in stub.requests)
+
+
 def test_warm_up_covers_each_shape_class_outside_the_workloads_streams(stub: _StubServer) -> None:
     from pythia.bench.replay import WARMUP_ROUNDS, warm_up
 
@@ -194,7 +202,8 @@ def test_requests_carry_annotations_exact_lengths_and_realised_outputs(stub: _St
         segs = b["vllm_xargs"]["pythia_hint.prompt"]
         assert len(segs) % 3 == 0 and sum(segs[2::3]) == len(b["prompt"])
     assert explorer["vllm_xargs"]["pythia_hint.parent"] == 0 and explorer["vllm_xargs"]["pythia_hint.deps"] == [0]
-    assert sum(1 for b in bodies if b["vllm_xargs"].get("pythia_hint.last_call")) == 1
+    last = [b for b in bodies if b["vllm_xargs"].get("pythia_hint.last_call")]
+    assert [b["vllm_xargs"]["pythia.agent_role"] for b in last] == ["engineer"]  # the one call all others lead to
     # the explorer quotes the planner's output: the tokens the server generated for it
     first = 7 * 1  # the stub's token ids for its first request
     assert explorer["prompt"][48:54] == list(range(first, first + 6))

@@ -164,6 +164,7 @@ class Replayer:
         self.errors: list[str] = []
         self.request_ids: dict[str, tuple[str, int]] = {}
         self.loop_lags: list[float] = []
+        self._final: dict[str, int | None] = {}
         self._t0 = 0.0
         self._deadline = 0.0
         self._bar: Any = None
@@ -343,9 +344,22 @@ class Replayer:
             hints["pythia_hint.deps"] = [int(d) for d in call.deps]
         if call.parent is not None:
             hints["pythia_hint.parent"] = int(call.parent)
-        if call.call_id == max(c.call_id for c in job.calls):
+        if call.call_id == self._final_call(job):
             hints["pythia_hint.last_call"] = 1
         return hints
+
+    def _final_call(self, job: Job) -> int | None:
+        """The call every other call of ``job`` leads to, if there is one.
+
+        In a DAG every call leads to some sink (a call nothing depends on), so a job with a
+        single sink ends with it; a job with several sinks has no final call, and the plugin
+        ends it after its idle timeout instead.
+        """
+        if job.job_id not in self._final:
+            needed = {d for c in job.calls for d in c.deps}
+            sinks = [c.call_id for c in job.calls if c.call_id not in needed]
+            self._final[job.job_id] = sinks[0] if len(sinks) == 1 else None
+        return self._final[job.job_id]
 
     async def _request(self, job: Job, call: Call, res: CallResult) -> bool:
         body = self._body(job, call, res)
