@@ -47,6 +47,7 @@ JOBS, CONCURRENCY, MAX_GAP_S, VALIDATION_SEED, CALIBRATION_SEED0 = 8, 4, 1, 0, 1
 ENGINE_ARGS = ["--enforce-eager"]  # no torch compilation of new batch shapes inside measured calls
 MAX_MODEL_LEN = 4096
 TARGET = 0.10
+KEPT: list[str] = []  # runs found finished in --work (not measured by this invocation)
 
 
 def _common(seed: int) -> list[str]:
@@ -58,6 +59,7 @@ def real_run(model_dir: Path, out: Path, seed: int) -> Path:
     """One ``pythia run`` with the step log (skipped when ``out`` already holds a finished run)."""
     if (out / "summary.json").is_file() and (out / "engine-steps.jsonl").is_file():
         print(f"  {out.name}: kept from an earlier run", file=sys.stderr)
+        KEPT.append(out.name)
         return out
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pythia.cli", "run", "--backend", "vllm-cpu", "--system", "vllm",
@@ -97,7 +99,9 @@ def write_md(res: dict[str, Any], path: Path) -> None:
     lines = [
         "# Simulator fidelity: cpu-tiny profile vs real vLLM-CPU",
         "",
-        f"Machine: {res['machine']['cpus']} CPUs, load average {res['machine']['load_avg_1min_at_start']:.2f} at start. "
+        f"Machine: {res['machine']['cpus']} CPUs, load average {res['machine']['load_avg_1min_at_start']:.2f} at start"
+        + (f" (of this invocation; {len(res['runs_kept_from_earlier'])} runs were kept from an earlier one with --work)"
+           if res["runs_kept_from_earlier"] else "") + ". "
         f"Workload: `{WORKLOAD}`, {JOBS} jobs, closed loop of {CONCURRENCY}, gaps capped at {MAX_GAP_S} s. "
         f"{res['rounds']} rounds of (calibration run with seed {CALIBRATION_SEED0}+r, validation run with seed "
         f"{VALIDATION_SEED}), each `pythia run --backend vllm-cpu --system vllm --step-log` on a fresh server; "
@@ -179,6 +183,7 @@ def main() -> None:
         write_profile(EFFICIENCY, f"{GPU}/{MODEL}", cal["profile"],
                       f"benchmarks/bench_fidelity.py ({args.rounds} vLLM-CPU runs of {WORKLOAD}, seeds "
                       f"{CALIBRATION_SEED0}-{CALIBRATION_SEED0 + args.rounds - 1})")
+    res["runs_kept_from_earlier"] = list(KEPT)
     res["wall_s"] = time.perf_counter() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1, default=str) + "\n")

@@ -321,11 +321,12 @@ def test_job_end_by_last_call_hint_and_by_idle_timeout(model_dir: Path) -> None:
     assert predictor.job("job-b") is None and sched.stats_dict()["jobs_ended_idle"] == 1
 
 
-def test_step_log_records_every_step_in_cost_model_terms(model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("cls", [PythiaSyncScheduler, PythiaScheduler])
+def test_step_log_records_every_step_in_cost_model_terms(model_dir: Path, tmp_path: Path, cls: type) -> None:
     import json
 
     log = tmp_path / "steps.jsonl"
-    sched = make_scheduler(PythiaSyncScheduler, model_dir, max_num_batched_tokens=64, pythia={"step_log_path": str(log)})
+    sched = make_scheduler(cls, model_dir, max_num_batched_tokens=64, pythia={"step_log_path": str(log)})
     reqs = {"a": (tokens(1, 100), 5), "b": (tokens(2, 30), 3), "c": (tokens(3, 70), 1)}
     for rid, (prompt, out) in reqs.items():
         sched.add_request(make_request(rid, prompt, out, None))

@@ -3,8 +3,9 @@
 Input: a run folder written by ``pythia run --step-log`` (``engine-steps.jsonl`` from the
 plugin, ``calls.parquet`` and ``summary.json`` from the replay client). Two fits:
 
-1. **Engine steps.** Each step's period is its measured duration (scheduler entry to the end
-   of ``update_from_output``) plus the engine loop's median gap between back-to-back steps.
+1. **Engine steps.** Each step's period runs from its start (scheduler entry) to the next
+   step's start while the engine stays busy; the last step before the engine falls idle
+   lasts to the end of its ``update_from_output`` plus the loop's median gap.
    The cost model's step time (:mod:`pythia.sim.costmodel`) is ``overhead + per_seq * S +
    max(compute, memory)``; the fit takes the compute branch (``flops / (peak * mfu)``) and
    keeps the memory branch from binding unless ``mbu`` is given, so the period is linear in
@@ -82,13 +83,22 @@ def read_step_log(path: Path) -> StepLog:
 
 
 def step_periods(steps: pd.DataFrame) -> tuple[pd.DataFrame, float]:
-    """Steps that ran a batch, with their period (duration plus the loop's median back-to-back gap)."""
-    steps = steps.sort_values("s").reset_index(drop=True)
-    gap = steps["s"].shift(-1) - steps["e"]
-    back = gap[(gap >= 0) & (gap < BACK_TO_BACK_S)]
+    """Steps that ran a batch, with their period: the time from their start to the next step's.
+
+    A step followed at once by another (the engine stayed busy) lasts until the next one
+    starts; this holds for synchronous scheduling (update, then the next schedule) and for
+    asynchronous scheduling (the next step is scheduled before this one's update, so the
+    gap is negative). A step after which the engine fell idle lasts its own duration plus the
+    loop's median gap between busy steps.
+    """
+    steps = steps[steps["S"] > 0].sort_values("s").reset_index(drop=True)
+    next_s = steps["s"].shift(-1)
+    gap = next_s - steps["e"]
+    busy_next = gap < BACK_TO_BACK_S
+    back = gap[busy_next & (gap >= 0)]
     loop_gap = float(back.median()) if len(back) else 0.0
-    busy = steps[steps["S"] > 0].copy()
-    busy["period_s"] = busy["e"] - busy["s"] + loop_gap
+    busy = steps.copy()
+    busy["period_s"] = np.where(busy_next, next_s - steps["s"], steps["e"] - steps["s"] + loop_gap)
     return busy, loop_gap
 
 

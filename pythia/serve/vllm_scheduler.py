@@ -252,7 +252,9 @@ class _PythiaAdapter:
         self._idle_check_due = 0.0
         self._events = _open_events(self.pythia_config.events_path)
         self._steps_log = _open_events(self.pythia_config.step_log_path)
-        self._step: dict[str, Any] | None = None
+        # Scheduled steps waiting for their outputs, by SchedulerOutput identity: with async
+        # scheduling the next step is scheduled before the previous one's update.
+        self._steps_pending: dict[int, dict[str, Any]] = {}
         self._stats_due = 0.0
         logger.info(
             "Pythia scheduler plugin %s: hooks=%s, pin budget %d blocks of %d, base %s",
@@ -378,8 +380,11 @@ class _PythiaAdapter:
             self._in_schedule = False
         st = self.pythia_stats
         st.steps += 1
-        if self._steps_log is not None:
-            self._step = self._step_shape(out, t_start)
+        if self._steps_log is not None and out.num_scheduled_tokens:
+            pending = self._steps_pending
+            pending[id(out)] = self._step_shape(out, t_start)
+            while len(pending) > 8:  # a step the engine never updated (aborted): drop the oldest
+                del pending[next(iter(pending))]
         if out.preempted_req_ids:
             st.preemptions += len(out.preempted_req_ids)
             if self.pythia_pinner.pinned_blocks:
@@ -405,14 +410,16 @@ class _PythiaAdapter:
 
     def update_from_output(self, *args: Any, **kwargs: Any) -> Any:
         """vLLM's update; the stats file is also rewritten when the engine falls idle (the end of a run)."""
-        step = self._step
+        step = None
+        if self._steps_pending:
+            sched_out = args[0] if args else kwargs.get("scheduler_output")
+            step = self._steps_pending.pop(id(sched_out), None)
         if step is not None:
             # Output counts before the update: a request whose count rises from 0 got its first token.
             reqs = self.requests  # type: ignore[attr-defined]
             before = {rid: r.num_output_tokens for rid in step["ids"] if (r := reqs.get(rid)) is not None}
         out = super().update_from_output(*args, **kwargs)  # type: ignore[misc]
         if step is not None:
-            self._step = None
             reqs = self.requests  # type: ignore[attr-defined]
             first, done = [], []
             for rid, n0 in before.items():
@@ -443,7 +450,8 @@ class _PythiaAdapter:
             tokens += q
             pairs += q * c + q * (q + 1) // 2
             kv += c + q
-            if r.num_computed_tokens >= r.num_tokens:
+            # vLLM marks a step that leaves the prompt unfinished as a prefill chunk (no token).
+            if not getattr(r, "is_prefill_chunk", r.num_computed_tokens < r.num_tokens):
                 sampled += 1
             ids.append(rid)
         return {"s": t_start, "S": seqs, "T": tokens, "sampled": sampled, "pairs": pairs, "kv": kv,
