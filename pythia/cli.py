@@ -59,6 +59,8 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
         default=60.0,
         help="cap on think/tool gaps of recorded sessions, seconds (default 60; -1 keeps them)",
     )
+    parser.add_argument("--gap-scale", type=float, default=1.0,
+                        help="multiply every call's think/tool gap, specs and traces alike (default 1)")
     add_arrival_options(parser)
 
 
@@ -71,6 +73,7 @@ def load_options_from_args(args: argparse.Namespace):  # type: ignore[no-untyped
         jobs=args.jobs,
         arrival=arrival_from_args(args),
         max_gap_s=None if args.max_gap_s is not None and args.max_gap_s < 0 else args.max_gap_s,
+        gap_scale=args.gap_scale,
     )
 
 

@@ -61,3 +61,19 @@ def test_empty_directory_and_bad_options(tmp_path: Path) -> None:
         load_workload(tmp_path)
     with pytest.raises(PythiaInputError, match="jobs"):
         LoadOptions(jobs=0)
+
+
+def test_gap_scale_multiplies_every_gap_of_specs_and_traces(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pythia.workflow.load import LoadOptions, load_workload
+
+    spec = "workloads/rag-chain.yaml"
+    base = load_workload(spec, LoadOptions(seed=3, jobs=4))
+    half = load_workload(spec, LoadOptions(seed=3, jobs=4, gap_scale=0.5))
+    gaps = [c.gap_s for j in base.jobs for c in j.calls]
+    assert any(g > 0 for g in gaps)
+    assert [c.gap_s for j in half.jobs for c in j.calls] == pytest.approx([0.5 * g for g in gaps])
+    # Nothing else moves, and the loaded trace's own calls are not touched.
+    assert [c.input_tokens for j in half.jobs for c in j.calls] == [c.input_tokens for j in base.jobs for c in j.calls]
+    assert [c.gap_s for j in load_workload(spec, LoadOptions(seed=3, jobs=4)).jobs for c in j.calls] == gaps
+    with pytest.raises(PythiaInputError, match="gap_scale"):
+        LoadOptions(gap_scale=-1.0)

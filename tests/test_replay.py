@@ -64,6 +64,7 @@ class _Stub(BaseHTTPRequestHandler):
 
 class _StubServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # the warm-up opens 16 connections at once (the default backlog is 5)
 
     def __init__(self, fail_every: int = 0) -> None:
         super().__init__(("127.0.0.1", 0), _Stub)

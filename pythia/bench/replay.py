@@ -438,7 +438,7 @@ class Replayer:
             n_done = sum(s == FINISHED for s in statuses)
             depth, gaps = job.critical_path()
             job_rows.append((job.job_id, job.workflow_type, job.workflow_id, start, end, end - start, len(job.calls),
-                             n_done, n_done == len(job.calls), depth, gaps))
+                             n_done, n_done == len(job.calls), depth, gaps * opts.gap_scale))
         jobs = frame(job_rows, JOB_COLUMNS)
         finished = calls[calls["status"] == FINISHED]
         duration = float(np.nanmax(finished["finish_s"])) if len(finished) else 0.0

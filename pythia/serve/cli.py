@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -70,7 +71,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.max_model_len is not None and args.max_model_len < 16:
         raise PythiaInputError(f"option --max-model-len={args.max_model_len} must be at least 16")
-    trace = load_workload(args.workload, load_options_from_args(args))
+    # Gaps are scaled by the replay client as it waits them (RunOptions.gap_scale), not here.
+    trace = load_workload(args.workload, dataclasses.replace(load_options_from_args(args), gap_scale=1.0))
     if not trace.jobs:
         raise PythiaInputError(f"{args.workload}: the workload has no jobs")
     model = _model_for(args.backend, args.model)
@@ -169,7 +171,6 @@ def register(subparsers: Any) -> None:
     rn.add_argument("--hooks", help="the plugin's hooks (default system:NAME)")
     rn.add_argument("--max-model-len", type=int, help=f"context length (tiny model default {TINY_CONTEXT}); longer calls are clamped")
     rn.add_argument("--num-blocks", type=int, help="force the KV pool to this many blocks")
-    rn.add_argument("--gap-scale", type=float, default=1.0, help="multiply tool/think gaps (default 1)")
     rn.add_argument("--start-timeout-s", type=float, default=300.0)
     rn.add_argument("--max-duration-s", type=float, default=3600.0, help="stop issuing calls after this long")
     rn.add_argument("--max-calls", type=int, default=100_000, help="most requests to send")

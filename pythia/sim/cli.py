@@ -31,6 +31,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         seed=args.seed,
         jobs=args.jobs,
         max_gap_s=None if args.max_gap_s is not None and args.max_gap_s < 0 else args.max_gap_s,
+        gap_scale=args.gap_scale,
         out=args.out,
         options=options,
     )

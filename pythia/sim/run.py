@@ -186,15 +186,17 @@ def run_simulation(
     seed: int = 0,
     jobs: int | None = None,
     max_gap_s: float | None = 60.0,
+    gap_scale: float = 1.0,
     out: str | Path | None = None,
     options: SimOptions | None = None,
 ) -> SimResult:
     """Simulate ``system`` serving ``workload`` on ``cluster``; write outputs to ``out`` if given.
 
     ``concurrency`` (closed loop) or ``rate`` (open-loop Poisson) or a full ``arrival``
-    description replace the workload's own arrival process.
+    description replace the workload's own arrival process; ``gap_scale`` multiplies every
+    call's think/tool gap.
     """
-    from pythia.workflow.load import LoadOptions, apply_arrival, load_workload
+    from pythia.workflow.load import LoadOptions, apply_arrival, load_workload, scale_gaps
 
     if sum(x is not None for x in (arrival, concurrency, rate)) > 1:
         raise PythiaInputError("give at most one of arrival, concurrency and rate")
@@ -210,12 +212,16 @@ def run_simulation(
             trace = Trace(jobs=trace.jobs[:jobs], arrival=trace.arrival, meta=trace.meta)
         if arrival is not None:
             trace = apply_arrival(trace, arrival, seed)
+        if gap_scale != 1.0:
+            trace = scale_gaps(trace, gap_scale)
     else:
-        trace = load_workload(workload, LoadOptions(seed=seed, jobs=jobs, arrival=arrival, max_gap_s=max_gap_s))
+        trace = load_workload(workload, LoadOptions(seed=seed, jobs=jobs, arrival=arrival, max_gap_s=max_gap_s,
+                                                    gap_scale=gap_scale))
     opts = options or SimOptions(seed=seed)
     if options is not None and options.seed != seed:
         opts = SimOptions(**{**options.__dict__, "seed": seed})
     result = Simulation(sys_, cfg, trace, opts).run()
+    result.summary["gap_scale"] = gap_scale
     if out is not None:
         write_outputs(result, out)
     return result

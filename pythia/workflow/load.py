@@ -39,14 +39,19 @@ class LoadOptions:
         max_gap_s: cap, in seconds, on think/tool gaps imported from recorded sessions, so
             that job completion time measures serving and tool time, not a person's lunch;
             ``None`` keeps gaps as recorded.
+        gap_scale: multiplies every call's think/tool gap (after the cap), for specs and
+            traces alike: 0.1 makes tools and people ten times faster.
     """
 
     seed: int = 0
     jobs: int | None = None
     arrival: dict[str, Any] | None = None
     max_gap_s: float | None = 60.0
+    gap_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.gap_scale >= 0:
+            raise PythiaInputError(f"option gap_scale={self.gap_scale} must be non-negative")
         if self.jobs is not None and self.jobs < 1:
             raise PythiaInputError(f"option jobs={self.jobs} must be a positive integer")
         if self.max_gap_s is not None and self.max_gap_s < 0:
@@ -143,4 +148,17 @@ def load_workload(path: str | Path, options: LoadOptions | None = None) -> Trace
         trace = Trace(jobs=trace.jobs[: options.jobs], arrival=trace.arrival, meta=trace.meta)
     if options.arrival is not None:
         trace = apply_arrival(trace, options.arrival, options.seed)
+    if options.gap_scale != 1.0:
+        trace = scale_gaps(trace, options.gap_scale)
     return trace
+
+
+def scale_gaps(trace: Trace, factor: float) -> Trace:
+    """A copy of ``trace`` whose calls' think/tool gaps are multiplied by ``factor``."""
+    if not factor >= 0:
+        raise PythiaInputError(f"option gap_scale={factor} must be non-negative")
+    jobs = []
+    for job in trace.jobs:
+        calls = [replace(c, gap_s=c.gap_s * factor) for c in job.calls]
+        jobs.append(replace(job, calls=calls))
+    return Trace(jobs=jobs, arrival=trace.arrival, meta=trace.meta)
