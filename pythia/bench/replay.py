@@ -164,6 +164,7 @@ class Replayer:
         self.errors: list[str] = []
         self.request_ids: dict[str, tuple[str, int]] = {}
         self.loop_lags: list[float] = []
+        self.loop_lag_max = (math.nan, 0.0)  # (replay time the worst wake-up began, its lag)
         self._final: dict[str, int | None] = {}
         self._t0 = 0.0
         self._deadline = 0.0
@@ -232,7 +233,10 @@ class Replayer:
         while True:  # cancelled when the replay ends
             t = time.monotonic()
             await asyncio.sleep(LOOP_WATCH_S)
-            self.loop_lags.append(time.monotonic() - t - LOOP_WATCH_S)
+            lag = time.monotonic() - t - LOOP_WATCH_S
+            self.loop_lags.append(lag)
+            if lag > self.loop_lag_max[1]:
+                self.loop_lag_max = (t - self._t0, lag)
 
     async def _closed_worker(self, queue: Any) -> None:
         for idx in queue:
@@ -462,6 +466,7 @@ class Replayer:
             # delays the timestamps it takes; tens of ms here make the run suspect).
             "client_loop_lag_p99_ms": float(np.quantile(self.loop_lags, 0.99) * 1e3) if self.loop_lags else math.nan,
             "client_loop_lag_max_ms": float(max(self.loop_lags) * 1e3) if self.loop_lags else math.nan,
+            "client_loop_lag_max_at_s": float(self.loop_lag_max[0]),
             "errors": self.errors[:20],
         })
         return ReplayResult(calls, jobs, summary, dict(self.request_ids), list(self.errors))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Mapping
@@ -221,6 +222,11 @@ def build_launch(
         # The CPU platform keeps the uni executor only with this variable set to 0.
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         argv += ["--distributed-executor-backend", "uni"]
+        # vLLM's CPU kernels use OpenMP, whose idle threads spin: with one thread per core the
+        # engine took both cores of a 2-core host. One core is left to the API server and the
+        # client, as vLLM's own CPU set-up reserves one (unless the caller chose a count).
+        if "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) - 1))
         # float32 is the fastest exact dtype on CPUs without bf16 units.
         argv += ["--dtype", "float32"]
     pc: dict[str, Any] = dict(plugin_config or {})
