@@ -63,12 +63,12 @@ def test_fit_recovers_the_coefficients_of_noise_free_steps(overhead: float, per_
     assert fit["median_rel_error"] < 1e-6
 
 
-def test_fitted_profile_reproduces_the_measured_call_time_in_the_cost_model() -> None:
-    # With noise the coefficients move, but the fit keeps the calls' summed step time.
+def test_fitted_profile_reproduces_the_measured_engine_time() -> None:
+    # With noise the coefficients move, but the fit keeps the run's summed step time.
     steps = _synthetic_steps(np.random.default_rng(3), 1.5e-3, 120e-6, 0.6, noise=0.2)
     fit = fit_steps(steps, GPU, MODEL)
     assert min(fit["overhead_ms"], fit["per_seq_us"], fit["mfu"]) >= 0
-    assert fit["call_time_fitted_over_measured"] == pytest.approx(1.0, abs=1e-9)
+    assert fit["total_fitted_over_measured"] == pytest.approx(1.0, abs=1e-9)
 
 
 def test_step_fit_refuses_a_log_without_work() -> None:

@@ -9,9 +9,8 @@ plugin, ``calls.parquet`` and ``summary.json`` from the replay client). Two fits
    The cost model's step time (:mod:`pythia.sim.costmodel`) is ``overhead + per_seq * S +
    max(compute, memory)``; the fit takes the compute branch (``flops / (peak * mfu)``) and
    keeps the memory branch from binding unless ``mbu`` is given, so the period is linear in
-   ``[1, S, flops]``. Least squares on the periods, each step weighted by its sequences (so
-   the fitted time the calls spend in steps equals the measured one), with no coefficient
-   allowed below zero.
+   ``[1, S, flops]``. Ordinary least squares on the periods (so the fitted engine time of
+   the run equals the measured one), with no coefficient allowed below zero.
 2. **Front end.** The time from the client issuing a call to the engine receiving it
    (HTTP, request processing in the API server) and from the engine producing a token to the
    client reading it (output processing, streaming). The front end takes requests one at a
@@ -121,14 +120,14 @@ def fit_steps(steps: pd.DataFrame, gpu: str, model: str) -> dict[str, Any]:
     peak = gpu_spec(gpu)["tflops"] * 1e12
     x = np.column_stack([np.ones(len(busy)), busy["S"].to_numpy(float), _flops(busy, model) / peak])
     y = busy["period_s"].to_numpy()
-    # Each step is weighted by its sequences: a step of S calls adds its time to S call
-    # latencies, so the fit keeps the calls' summed time (not only the engine's) equal to
-    # the measured one.
-    sw = np.sqrt(busy["S"].to_numpy(float))
+    # Plain least squares: the fitted engine time of the run equals the measured one.
+    # Weighting steps by their sequences (so that the time calls spend in steps is kept
+    # instead) predicted both workloads of benchmarks/bench_fidelity.py worse (docs/decisions.md).
+    sw = np.sqrt(busy["S"].to_numpy(float))  # for the call-time diagnostic below
     keep = [0, 1, 2]
     coef = np.zeros(3)
     for _ in range(3):  # bounded: one column dropped per round
-        c, *_ = np.linalg.lstsq(x[:, keep] * sw[:, None], y * sw, rcond=None)
+        c, *_ = np.linalg.lstsq(x[:, keep], y, rcond=None)
         if (c >= 0).all():
             coef[:] = 0.0
             coef[keep] = c
