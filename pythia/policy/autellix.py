@@ -36,7 +36,7 @@ import math
 from typing import Sequence
 
 from pythia.policy.base import Router, SchedulingPolicy, WaitingQueue
-from pythia.policy.baseline_common import KeyedQueue, check, least_loaded, positive
+from pythia.policy.baseline_common import KeyedQueue, ProgramHomes, check, least_loaded, positive
 from pythia.policy.views import ReplicaView, RequestView
 from pythia.policy.workflow import JobTracker, Predictor
 
@@ -196,7 +196,7 @@ class AutellixRouter(Router):
     def __init__(self, short_prompt_tokens: int = 2048) -> None:
         self.short_prompt_tokens = positive(self.name, "short_prompt_tokens", short_prompt_tokens,
                                             integer=True, allow_zero=True)
-        self.home: dict[tuple[str, str], int] = {}  # (pool, job) -> replica id of its latest long call
+        self.homes = ProgramHomes()  # each program's replica of its latest long call
         self.predictor: Predictor | None = None
 
     def bind(self, predictor: Predictor) -> None:
@@ -204,15 +204,13 @@ class AutellixRouter(Router):
         self.predictor = predictor
 
     def route(self, req: RequestView, replicas: Sequence[ReplicaView], now: float) -> int:
-        if self.predictor is not None and len(self.home) > 4 * max(1, len(self.predictor.jobs)) + 64:
-            self.home = {k: v for k, v in self.home.items() if k[1] in self.predictor.jobs}
-        key = (replicas[0].pool, req.job_id)
+        homes = self.homes
+        key = homes.key(req, replicas, self.predictor)
         if req.prompt_tokens > self.short_prompt_tokens:
-            rid = self.home.get(key)
-            for j, r in enumerate(replicas):
-                if r.replica_id == rid:
-                    return j
+            j = homes.index(key, replicas)
+            if j is not None:
+                return j
         i = least_loaded(replicas)
-        if req.prompt_tokens > self.short_prompt_tokens or key not in self.home:
-            self.home[key] = replicas[i].replica_id
+        if req.prompt_tokens > self.short_prompt_tokens or key not in homes.home:
+            homes.home[key] = replicas[i].replica_id
         return i

@@ -10,13 +10,16 @@ from __future__ import annotations
 import hashlib
 from bisect import insort
 from itertools import count
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from pythia.errors import PythiaInputError
 from pythia.policy.base import WaitingQueue
 from pythia.policy.views import ReplicaView, RequestView
+
+if TYPE_CHECKING:
+    from pythia.policy.workflow import Predictor
 
 
 def check(ok: bool, policy: str, field: str, message: str) -> None:
@@ -61,6 +64,33 @@ def kv_used_share(replica: ReplicaView) -> float:
 def prompt_hashes(req: RequestView, block_size: int) -> np.ndarray:
     """Hashes of the prompt's full blocks: what a router or scheduler can see before the output exists."""
     return req.block_hashes[: req.prompt_tokens // block_size]
+
+
+class ProgramHomes:
+    """Each program's home replica per pool (the routers that keep a program on one replica).
+
+    Entries of programs the workflow service no longer tracks are dropped once the map holds
+    more than four per live program (plus 64), so it never grows with the run.
+    """
+
+    __slots__ = ("home",)
+
+    def __init__(self) -> None:
+        self.home: dict[tuple[str, str], int] = {}  # (pool, job) -> replica id
+
+    def key(self, req: RequestView, replicas: Sequence[ReplicaView], predictor: Predictor | None) -> tuple[str, str]:
+        """The call's (pool, job) key, after forgetting ended programs when the map has grown."""
+        if predictor is not None and len(self.home) > 4 * max(1, len(predictor.jobs)) + 64:
+            self.home = {k: v for k, v in self.home.items() if k[1] in predictor.jobs}
+        return (replicas[0].pool, req.job_id)
+
+    def index(self, key: tuple[str, str], replicas: Sequence[ReplicaView]) -> int | None:
+        """Position of the program's home among ``replicas`` (``None``: no home, or it is not up)."""
+        rid = self.home.get(key)
+        for j, r in enumerate(replicas):
+            if r.replica_id == rid:
+                return j
+        return None
 
 
 class KeyedQueue(WaitingQueue):

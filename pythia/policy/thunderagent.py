@@ -21,30 +21,19 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pythia.policy.base import CacheAction, CachePolicy, Router, SchedulingPolicy, WaitingQueue
-from pythia.policy.baseline_common import KeyedQueue, check, kv_used_share
-from pythia.policy.continuum import job_start
+from pythia.policy.base import CacheAction, CachePolicy, Router
+from pythia.policy.baseline_common import ProgramHomes, check, kv_used_share
+from pythia.policy.continuum import ProgramFCFS
 from pythia.policy.views import BlockView, ReplicaView, RequestView
 from pythia.policy.workflow import Predictor
 
 INF = float("inf")
 
 
-class ThunderScheduler(SchedulingPolicy):
-    """Program-ordered waiting queue; shortest-context victim under KV pressure."""
+class ThunderScheduler(ProgramFCFS):
+    """Program-ordered waiting queue (Continuum's order); shortest-context victim under KV pressure."""
 
     name = "thunderagent"
-    dynamic = False
-
-    def __init__(self) -> None:
-        self.predictor: Predictor | None = None
-
-    def bind(self, predictor: Predictor) -> None:
-        """Program admission times come from the run's workflow service."""
-        self.predictor = predictor
-
-    def new_queue(self) -> WaitingQueue:
-        return KeyedQueue(lambda req, now: (job_start(self.predictor, req),))
 
     def victim(self, running: Sequence[RequestView], now: float) -> RequestView:
         # Shortest first: the cheapest context to recompute; the latest admitted among equals.
@@ -65,7 +54,7 @@ class ThunderRouter(Router):
         self.memory_threshold = float(memory_threshold)
         check(0.0 < self.memory_threshold <= 1.0, self.name, "memory_threshold",
               f"{memory_threshold!r} must be in (0, 1]")
-        self.home: dict[tuple[str, str], int] = {}
+        self.homes = ProgramHomes()
         self.predictor: Predictor | None = None
 
     def bind(self, predictor: Predictor) -> None:
@@ -73,16 +62,13 @@ class ThunderRouter(Router):
         self.predictor = predictor
 
     def route(self, req: RequestView, replicas: Sequence[ReplicaView], now: float) -> int:
-        if self.predictor is not None and len(self.home) > 4 * max(1, len(self.predictor.jobs)) + 64:
-            self.home = {k: v for k, v in self.home.items() if k[1] in self.predictor.jobs}
-        key = (replicas[0].pool, req.job_id)
-        rid = self.home.get(key)
-        for j, r in enumerate(replicas):
-            if r.replica_id == rid and kv_used_share(r) < self.memory_threshold:
-                return j
+        key = self.homes.key(req, replicas, self.predictor)
+        j = self.homes.index(key, replicas)
+        if j is not None and kv_used_share(replicas[j]) < self.memory_threshold:
+            return j
         i = min(range(len(replicas)), key=lambda j: (kv_used_share(replicas[j]), replicas[j].num_waiting,
                                                      replicas[j].replica_id))
-        self.home[key] = replicas[i].replica_id
+        self.homes.home[key] = replicas[i].replica_id
         return i
 
 

@@ -34,6 +34,22 @@ from typing import Any, Protocol
 from pythia.sim.kvcache import BlankAllocation
 
 
+def _agree_upto(ch: list[int], hl: list[int], start: int, end: int) -> int:
+    """The largest ``q`` in ``(start, end]`` with ``ch[q - 1] == hl[q - 1]``, given that the
+    chains agree on block ``start`` (a chain's hash names its whole prefix, so agreement is a
+    prefix property: one comparison at ``end``, else a binary search where they diverge)."""
+    if ch is hl or ch[end - 1] == hl[end - 1]:
+        return end
+    lo, hi = start + 1, end - 1
+    while lo < hi:
+        mid = (lo + hi + 1) >> 1
+        if ch[mid - 1] == hl[mid - 1]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 class PathHolder(Protocol):
     """What the pool needs of a request: its chain, its path and its block counts."""
 
@@ -142,18 +158,7 @@ class ExtentKVCache(BlankAllocation):
             if e is None or e.a != p:
                 break
             end = e.res if e.res < limit else limit
-            ch = e.chain
-            if ch is hl or ch[end - 1] == hl[end - 1]:
-                q = end
-            else:  # the chains diverge inside the extent: hashes agree up to some q < end
-                lo, hi = p + 1, end - 1
-                while lo < hi:
-                    mid = (lo + hi + 1) >> 1
-                    if ch[mid - 1] == hl[mid - 1]:
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                q = lo
+            q = _agree_upto(e.chain, hl, p, end)
             path.append((e, q))
             p = q
         return p, path
@@ -298,18 +303,7 @@ class ExtentKVCache(BlankAllocation):
                     break
             # Someone registered this content meanwhile: share theirs, return ours.
             end = e.res if e.res < upto else upto
-            ch = e.chain
-            if ch is hl or ch[end - 1] == hl[end - 1]:
-                m = end
-            else:
-                a, b = lo + 1, end - 1
-                while a < b:
-                    mid = (a + b + 1) >> 1
-                    if ch[mid - 1] == hl[mid - 1]:
-                        a = mid
-                    else:
-                        b = mid - 1
-                m = a
+            m = _agree_upto(e.chain, hl, lo, end)
             e.drop_cover(last[1])  # type: ignore[index]
             e.add_cover(m)
             last[1] = m  # type: ignore[index]
