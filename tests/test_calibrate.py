@@ -160,6 +160,15 @@ def test_calibrate_names_a_missing_step_log(tmp_path: Path) -> None:
         calibrate_run(tmp_path, GPU, MODEL)
 
 
+def test_a_run_folder_without_its_tables_is_named(tmp_path: Path) -> None:
+    run = _write_run(tmp_path)
+    (run / "calls.parquet").unlink()
+    with pytest.raises(PythiaInputError, match="calls.parquet does not exist"):
+        calibrate_run(run, GPU, MODEL)
+    with pytest.raises(PythiaInputError, match="folder does not exist"):
+        write_profile(tmp_path / "nowhere" / "efficiency.yaml", "a/b", {}, "x")
+
+
 def test_a_malformed_step_log_line_is_named(tmp_path: Path) -> None:
     p = tmp_path / "engine-steps.jsonl"
     p.write_text('{"add": "a", "t": 1.0}\n{"s": 1.0}\n{"add": "b", "t": 2.0}\n')

@@ -250,6 +250,9 @@ def calibrate_runs(runs: Sequence[Path], gpu: str, model: str) -> dict[str, Any]
         path = run / STEP_LOG
         if not path.is_file():
             raise PythiaInputError(f"{path} does not exist; record it with `pythia run --step-log`")
+        for name in ("calls.parquet", "summary.json"):
+            if not (run / name).is_file():
+                raise PythiaInputError(f"{run / name} does not exist; is {run} a finished `pythia run` folder?")
         log = read_step_log(path)
         calls = pd.read_parquet(run / "calls.parquet")
         summary = json.loads((run / "summary.json").read_text())
@@ -296,6 +299,8 @@ def profile_yaml(key: str, profile: dict[str, float], source: str) -> str:
 
 def write_profile(path: Path, key: str, profile: dict[str, float], source: str) -> None:
     """Replace (or append) entry ``key`` of an efficiency file; other entries are untouched."""
+    if not path.parent.is_dir():
+        raise PythiaInputError(f"{path}: its folder does not exist")
     text = path.read_text() if path.is_file() else ""
     entry = profile_yaml(key, profile, source)
     pat = re.compile(rf"^{re.escape(key)}:\n(?:[ \t]+.*\n?)*", re.M)
