@@ -1,7 +1,8 @@
 """Differential check of the simulator: the tables of a fixed set of runs, digested.
 
     python benchmarks/sim_diff.py --check            # compare with results/bench/sim_diff.json
-    python benchmarks/sim_diff.py --write            # record the current digests
+    python benchmarks/sim_diff.py --check --stepping # the same runs without fast-forward
+    python benchmarks/sim_diff.py --write --stepping # record the reference digests
     python benchmarks/sim_diff.py --check --only coding-assistant-c4
 
 A change that should keep outputs unchanged (a faster data structure, a refactor) must leave
@@ -9,6 +10,10 @@ every digest equal: the calls, jobs and timeseries tables (every column and valu
 order) and the summary without its wall-clock figures, for every system in ``baselines/`` on
 coding-assistant and deep-research at two loads each and on the first Claude Code sessions.
 Each run is a fresh process. ``--check`` exits 1 and names the runs and tables that differ.
+
+The reference is recorded by stepping every iteration (``--stepping``, no fast-forward): the
+ground truth that fast-forward must reproduce exactly, so one check covers both a change of
+the engine and the exactness of fast-forward.
 ``tests/test_sim_differential.py`` checks a few of these runs on every test run.
 """
 
@@ -56,7 +61,7 @@ def digest_frame(df) -> str:  # type: ignore[no-untyped-def]
     return h.hexdigest()[:24]
 
 
-def one(cell: str, system: str) -> dict[str, str]:
+def one(cell: str, system: str, stepping: bool = False) -> dict[str, str]:
     """Digests of one run in this process."""
     from pythia.sim.config import SimOptions
     from pythia.sim.metrics import _clean
@@ -67,7 +72,8 @@ def one(cell: str, system: str) -> dict[str, str]:
     path = Path(wl.format(traces=traces_dir()))
     path = path if path.is_absolute() else ROOT / path
     trace = load_workload(path, LoadOptions(seed=seed, jobs=jobs, arrival={"process": "closed", "concurrency": conc}))
-    res = run_simulation(system, trace, cluster=cluster, seed=seed, options=SimOptions(seed=seed, progress=False))
+    res = run_simulation(system, trace, cluster=cluster, seed=seed, options=SimOptions(seed=seed, progress=False,
+                                                                                   fast_forward=not stepping))
     summary = {k: v for k, v in res.summary.items() if k not in WALL_KEYS}
     return {
         "calls": digest_frame(res.calls), "jobs": digest_frame(res.jobs), "timeseries": digest_frame(res.timeseries),
@@ -75,7 +81,7 @@ def one(cell: str, system: str) -> dict[str, str]:
     }
 
 
-def run_all(only: list[str] | None) -> dict[str, dict[str, str]]:
+def run_all(only: list[str] | None, stepping: bool = False) -> dict[str, dict[str, str]]:
     out = {}
     have_traces = (traces_dir() / "claude-code").is_dir()
     for cell, spec in CELLS.items():
@@ -85,7 +91,7 @@ def run_all(only: list[str] | None) -> dict[str, dict[str, str]]:
             print(f"sim_diff: {cell} skipped: no traces at {traces_dir()}", file=sys.stderr)
             continue
         for system in systems():
-            cmd = [sys.executable, __file__, "--one", cell, system]
+            cmd = [sys.executable, __file__, "--one", cell, system] + (["--stepping"] if stepping else [])
             res = subprocess.run(cmd, check=True, capture_output=True, text=True)
             out[f"{cell}/{system}"] = json.loads(res.stdout.strip().splitlines()[-1])
             print(f"  {cell}/{system}", file=sys.stderr, flush=True)
@@ -113,20 +119,22 @@ def main() -> int:
     mode.add_argument("--check", action="store_true", help="compare with the recorded digests (default)")
     mode.add_argument("--write", action="store_true", help="record the current digests")
     ap.add_argument("--only", help="comma-separated cells (default: all)")
+    ap.add_argument("--stepping", action="store_true", help="run without fast-forward")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(*args.one)))
+        print(json.dumps(one(*args.one, stepping=args.stepping)))
         return 0
     only = [c for c in args.only.split(",") if c] if args.only else None
-    got = run_all(only)
+    got = run_all(only, args.stepping)
     if args.write:
         old = json.loads(args.out.read_text())["runs"] if args.out.is_file() else {}
         old.update(got)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps({"cells": {k: list(v) for k, v in CELLS.items()}, "runs": dict(sorted(old.items()))},
-                                  indent=1) + "\n")
+        doc = {"cells": {k: list(v) for k, v in CELLS.items()}, "stepping": args.stepping,
+               "runs": dict(sorted(old.items()))}
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
         tmp.replace(args.out)
         print(f"sim_diff: wrote {len(got)} digests to {args.out}")
         return 0

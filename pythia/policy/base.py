@@ -61,6 +61,15 @@ class WaitingQueue(ABC):
     def refresh(self, now: float) -> None:
         """Recompute time-dependent priorities (aging); called each step when the policy is dynamic."""
 
+    def reorders_at(self, now: float) -> bool:
+        """Whether :meth:`refresh` at ``now`` may change the order (dynamic policies only).
+
+        ``False`` promises that the order stays as it is through ``now`` unless calls are
+        added or removed, so a host may plan steps up to then at once (the simulator's
+        fast-forward). The default, ``True``, promises nothing.
+        """
+        return True
+
 
 class SchedulingPolicy(ABC):
     """Orders waiting calls and chooses preemption victims.

@@ -32,7 +32,7 @@ from pythia.policy.base import CacheAction, CachePolicy
 from pythia.policy.pythia_predictor import PythiaPredictor, Upcoming, as_pythia, prompt_of
 from pythia.policy.views import ReplicaView, RequestView
 from pythia.policy.workflow import Predictor
-from pythia.workflow.blocks import block_hashes
+from pythia.workflow.blocks import block_hashes, common_prefix, sequence_hashes_many
 
 
 class PythiaCache(CachePolicy):
@@ -87,17 +87,28 @@ class PythiaCache(CachePolicy):
 
     # helpers -----------------------------------------------------------------------
 
+    @staticmethod
+    def _memo_key(job_id: str, u: Upcoming, block_size: int) -> tuple[object, ...]:
+        return (job_id, u.role, u.agent_id, len(u.prefix), int(u.prefix[:, 2].sum()), block_size)
+
     def _hashes(self, job_id: str, u: Upcoming, block_size: int) -> np.ndarray:
         """Block hashes of a predicted prefix (memoised: predictions repeat between calls)."""
-        key = (job_id, u.role, u.agent_id, len(u.prefix), int(u.prefix[:, 2].sum()), block_size)
+        key = self._memo_key(job_id, u, block_size)
         h = self._hash_memo.get(key)
         if h is None:
             h = self._hash_memo[key] = block_hashes(u.prefix, block_size)
         return h
 
     def _prefixes(self, job_id: str, block_size: int) -> list[tuple[Upcoming, np.ndarray]]:
-        up = self.pred.upcoming(job_id)
-        return [(u, self._hashes(job_id, u, block_size)) for u in up or () if len(u.prefix)]
+        up = [u for u in self.pred.upcoming(job_id) or () if len(u.prefix)]
+        memo = self._hash_memo
+        keys = [self._memo_key(job_id, u, block_size) for u in up]
+        miss = [(k, u) for k, u in zip(keys, up) if k not in memo]
+        if miss:  # hashed together: one vectorised pass instead of one per prefix (same values)
+            empty = np.empty((0, 3), dtype=np.int64)
+            for (k, _), h in zip(miss, sequence_hashes_many([(u.prefix, empty) for _, u in miss], block_size)):
+                memo.setdefault(k, h)
+        return [(u, memo[k]) for k, u in zip(keys, up)]
 
     def _unpin_job(self, rid: int, job_id: str, out: list[CacheAction]) -> None:
         got = self.pins.get(rid, {}).pop(job_id, None)
@@ -123,10 +134,16 @@ class PythiaCache(CachePolicy):
         # Pin: leading resident blocks of likely next prompts, within budget and free share.
         # Only the difference with the job's current pins is applied (most blocks stay).
         want: dict[int, None] = {}
+        seen: list[tuple[np.ndarray, int]] = []
         for u, h in prefixes:
             if u.probability >= self.pin_min_prob:
                 n = kv.cached_prefix_blocks(h)
-                want.update(dict.fromkeys(h[:n].tolist()))
+                # Chains: the blocks of h already wanted are its leading blocks shared with
+                # an earlier prefix (within that prefix's resident part).
+                c = max((min(common_prefix(h, g), m) for g, m in seen), default=0)
+                if n > c:
+                    want.update(dict.fromkeys(h[c:n].tolist()))
+                seen.append((h, n))
         old = self.pins.get(rid, {}).pop(req.job_id, (now, []))[1]
         self.pinned_blocks[rid] = self.pin_count(rid) - len(old)
         old_set = set(old)
@@ -146,12 +163,19 @@ class PythiaCache(CachePolicy):
             out.append(CacheAction("pin", rid, arr))
             if self.offload:
                 out.append(CacheAction("offload", rid, arr))
-        # Demote: the finished call's blocks no likely next prompt of the job contains.
+        # Demote: the finished call's blocks no likely next prompt of the job contains. Hashes
+        # are chained, so the call's blocks a prefix contains are exactly the leading blocks
+        # the two chains share: the reuse of block i sums the probabilities of the prefixes
+        # whose common part with the call's chain goes past i.
         if self.demote:
-            hs = req.block_hashes[self._shared_blocks(req, bs):]
+            full = req.block_hashes
+            start = self._shared_blocks(req, bs)
+            hs = full[start:]
             reuse = np.zeros(len(hs))
             for u, h in prefixes:
-                reuse += u.probability * np.isin(hs, h, assume_unique=True)
+                m = common_prefix(full, h) - start
+                if m > 0:
+                    reuse[:m] += u.probability
             low = hs[reuse < self.demote_max_prob]
             if len(low):
                 out.append(CacheAction("demote", rid, low))

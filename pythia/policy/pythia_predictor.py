@@ -81,6 +81,7 @@ class PythiaPredictor(Predictor):
         self._key_job: dict[int, str] = {}
         self._prompt_mean: dict[tuple[str, str], list[float]] = {}
         self._out_mean: dict[tuple[str, str], list[float]] = {}
+        self._type_done: dict[str, float] = {}  # finished calls per type (the sum of _out_mean's counts)
 
     # hooks ------------------------------------------------------------------------
 
@@ -101,6 +102,7 @@ class PythiaPredictor(Predictor):
         acc = self._out_mean.setdefault((req.workflow_type, req.agent_role), [0.0, 0.0])
         acc[0] += req.num_output_tokens
         acc[1] += 1
+        self._type_done[req.workflow_type] = self._type_done.get(req.workflow_type, 0.0) + 1
 
     # facts reported by policies that see replicas ------------------------------------
 
@@ -239,6 +241,8 @@ class ProfilerPredictor(PythiaPredictor):
         self._ended = 0
         self._means: dict[str, tuple[float, dict[str, float]]] = {}
         self._bounds: dict[tuple[str, str], tuple[float, tuple[int, float] | None]] = {}
+        # Per job: the profiler's last answer and its Upcoming list (kept while the answer is).
+        self._upcoming: dict[str, tuple[object, list[Upcoming]]] = {}
 
     def _warm_start(self, workflow_type: str) -> None:
         if workflow_type in self._seen_types:
@@ -278,6 +282,7 @@ class ProfilerPredictor(PythiaPredictor):
         info = self.jobs.get(job_id)
         super().job_ended(job_id, now)
         rj = self.running.pop(job_id, None)
+        self._upcoming.pop(job_id, None)
         if rj is not None:
             jct = None if info is None else now - info.start_s
             self.profiler.end_job(rj, jct_s=jct, learn=self.online)
@@ -311,7 +316,7 @@ class ProfilerPredictor(PythiaPredictor):
         # Mean lengths come from the model snapshot (history and online samples), rebuilt
         # after every 256 finished calls of the type: a snapshot also rebuilds the regex.
         wt = req.workflow_type
-        done = sum(v[1] for (t, _), v in self._out_mean.items() if t == wt)
+        done = self._type_done.get(wt, 0.0)
         hit = self._means.get(wt)
         if hit is None or done - hit[0] >= 256:
             m = self.profiler.model(wt)
@@ -325,7 +330,12 @@ class ProfilerPredictor(PythiaPredictor):
         nxt = self.profiler.next_calls(rj)
         if nxt is None:
             return None
-        return [Upcoming(n.role, n.agent_id, n.probability, n.prefix) for n in nxt]
+        hit = self._upcoming.get(job_id)
+        if hit is not None and hit[0] is nxt:  # the profiler's memo: the same prediction
+            return hit[1]
+        up = [Upcoming(n.role, n.agent_id, n.probability, n.prefix) for n in nxt]
+        self._upcoming[job_id] = (nxt, up)
+        return up
 
     def projection(self, job_id: str, horizon: int) -> dict[str, float] | None:
         rj = self.running.get(job_id)

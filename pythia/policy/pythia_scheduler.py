@@ -82,6 +82,9 @@ class PriorityQueue(WaitingQueue):
     def __iter__(self) -> Iterator[RequestView]:
         return iter(list(self._q))
 
+    def reorders_at(self, now: float) -> bool:
+        return now - self._at >= self._pol.refresh_s  # refresh's own test
+
     def refresh(self, now: float) -> None:
         # Aging needs no work (see the class docstring); predictions change graph priorities,
         # which are recomputed at most every refresh_s.

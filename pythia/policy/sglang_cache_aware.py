@@ -22,6 +22,7 @@ characters per token x 16 tokens per block) = 262144.
 
 from __future__ import annotations
 
+from itertools import takewhile
 from typing import Sequence
 
 from pythia.policy.base import Router
@@ -30,57 +31,43 @@ from pythia.policy.views import ReplicaView, RequestView
 
 
 class _Tree:
-    """One pool's approximate trees: block hash -> {replica id: last use}, and sizes per replica."""
+    """One pool's approximate trees: per replica id, block hash -> last use (the tree's size is its length).
 
-    __slots__ = ("nodes", "size", "last_evict")
+    A replica's tree holds whole routed chains; its match is the first block of a chain it
+    does not hold, a C-level scan per replica (a pool has a handful of replicas).
+    """
+
+    __slots__ = ("blocks", "last_evict")
 
     def __init__(self) -> None:
-        self.nodes: dict[int, dict[int, float]] = {}
-        self.size: dict[int, int] = {}
+        self.blocks: dict[int, dict[int, float]] = {}
         self.last_evict = 0.0
+
+    def size(self, rid: int) -> int:
+        """Blocks in replica ``rid``'s tree."""
+        d = self.blocks.get(rid)
+        return len(d) if d else 0
 
     def match(self, chain: list[int], ids: Sequence[int]) -> dict[int, int]:
         """Matched leading blocks of ``chain`` per replica id."""
-        alive = set(ids)
-        matched = dict.fromkeys(ids, 0)
-        for i, h in enumerate(chain):
-            owners = self.nodes.get(h)
-            still = alive.intersection(owners) if owners else set()
-            for rid in alive - still:
-                matched[rid] = i
-            alive = still
-            if not alive:
-                break
-        else:
-            for rid in alive:
-                matched[rid] = len(chain)
-        return matched
+        out = {}
+        for rid in ids:
+            d = self.blocks.get(rid)
+            out[rid] = len(list(takewhile(d.__contains__, chain))) if d else 0
+        return out
 
     def insert(self, chain: list[int], rid: int, now: float) -> None:
-        nodes, added = self.nodes, 0
-        for h in chain:
-            owners = nodes.get(h)
-            if owners is None:
-                nodes[h] = {rid: now}
-                added += 1
-            else:
-                if rid not in owners:
-                    added += 1
-                owners[rid] = now
-        self.size[rid] = self.size.get(rid, 0) + added
+        d = self.blocks.setdefault(rid, {})
+        d.update(dict.fromkeys(chain, now))
 
     def evict(self, max_blocks: int) -> None:
         """Cut every replica's tree to ``max_blocks`` by least recent use (leaves go first: they are older)."""
-        for rid, size in list(self.size.items()):
-            if size <= max_blocks:
+        for d in self.blocks.values():
+            if len(d) <= max_blocks:
                 continue
-            entries = sorted((t, h) for h, owners in self.nodes.items() for r, t in owners.items() if r == rid)
-            for _, h in entries[: size - max_blocks]:
-                owners = self.nodes[h]
-                del owners[rid]
-                if not owners:
-                    del self.nodes[h]
-            self.size[rid] = max_blocks
+            entries = sorted((t, h) for h, t in d.items())
+            for _, h in entries[: len(d) - max_blocks]:
+                del d[h]
 
 
 class SGLangCacheAware(Router):
@@ -122,6 +109,6 @@ class SGLangCacheAware(Router):
             if rate > self.cache_threshold:
                 i = best
             else:
-                i = min(range(len(replicas)), key=lambda j: (tree.size.get(ids[j], 0), loads[j], ids[j]))
+                i = min(range(len(replicas)), key=lambda j: (tree.size(ids[j]), loads[j], ids[j]))
         tree.insert(chain, ids[i], now)
         return i

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
+
 from pythia.policy.base import CacheAction, CachePolicy, Policies
 from pythia.policy.systems import EngineFlags
 from pythia.sim.config import ClusterConfig, PoolConfig
@@ -174,11 +176,11 @@ class Cluster:
                 continue
             r = self.replicas[act.replica_id]
             r.sync(now)
-            kv = r.kv
+            kv = r.kv_pool
             if not isinstance(kv, KVCache):
                 # The extent pool serves only policies without cache hooks (see Replica.__init__).
                 raise RuntimeError(f"cache action {act.kind!r} on replica {r.replica_id}, whose pool takes no actions")
-            hashes = [int(h) for h in act.hashes]
+            hashes = np.asarray(act.hashes, dtype=np.int64).tolist()
             if act.kind == "pin":
                 kv.pin(hashes)
             elif act.kind == "unpin":

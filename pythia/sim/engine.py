@@ -41,6 +41,43 @@ if TYPE_CHECKING:
     from pythia.sim.cluster import Cluster
 
 
+class ReplicaKV:
+    """A replica's KV pool as policies see it (``KVView``): every count and lookup first cuts
+    a fast-forward run at the current time, so it is the one stepping would give; sizes
+    never change and are read directly."""
+
+    __slots__ = ("_rep", "block_size", "total_blocks")
+
+    def __init__(self, rep: "Replica") -> None:
+        self._rep = rep
+        self.block_size = rep.kv_pool.block_size
+        self.total_blocks = rep.kv_pool.total_blocks
+
+    def _pool(self) -> KVCache | ExtentKVCache:
+        self._rep.sync()
+        return self._rep.kv_pool
+
+    @property
+    def free_blocks(self) -> int:
+        return self._pool().free_blocks
+
+    @property
+    def cached_blocks(self) -> int:
+        return self._pool().cached_blocks
+
+    @property
+    def used_blocks(self) -> int:
+        return self._pool().used_blocks
+
+    @property
+    def host_blocks(self) -> int:
+        return self._pool().host_blocks
+
+    def cached_prefix_blocks(self, hashes: Any) -> int:
+        """Leading blocks of the chain ``hashes`` resident on the GPU."""
+        return self._pool().cached_prefix_blocks(hashes)
+
+
 class Replica:
     """A model replica: waiting queue, running batch, KV cache and the iteration loop."""
 
@@ -60,14 +97,14 @@ class Replica:
         cache_cls = type(policies.cache)
         plain = (not policies.cache.reorders_eviction and not host_blocks
                  and cache_cls.on_finish is CachePolicy.on_finish and cache_cls.on_tick is CachePolicy.on_tick)
-        self.kv: KVCache | ExtentKVCache
+        self.kv_pool: KVCache | ExtentKVCache
         if plain and kv_index != "blocks":
             # No cache action can ever reach this pool: the extent-based pool gives the same results faster.
-            self.kv = ExtentKVCache(cost.kv_blocks(bs), bs, caching=flags.enable_prefix_caching)
+            self.kv_pool = ExtentKVCache(cost.kv_blocks(bs), bs, caching=flags.enable_prefix_caching)
         else:
-            self.kv = KVCache(cost.kv_blocks(bs), bs, caching=flags.enable_prefix_caching, host_blocks=host_blocks)
+            self.kv_pool = KVCache(cost.kv_blocks(bs), bs, caching=flags.enable_prefix_caching, host_blocks=host_blocks)
             if policies.cache.reorders_eviction:
-                self.kv.ranker = self._rank_eviction
+                self.kv_pool.ranker = self._rank_eviction
         self.waiting = self.sched.new_queue()
         attach = getattr(self.waiting, "attach", None)
         if attach is not None:  # queues ordered by this replica's cache state (SGLang's lpm) read its KV view
@@ -80,7 +117,8 @@ class Replica:
         self.end_fs = 0
         self.version = 0
         self.seg: Segment | None = None
-        self.watermark_blocks = int(flags.watermark * self.kv.total_blocks)
+        self.kv_view = ReplicaKV(self)
+        self.watermark_blocks = int(flags.watermark * self.kv_pool.total_blocks)
         self.max_model_len = cost.model.max_model_len
         # Counters for the summary.
         self.iterations = 0
@@ -99,6 +137,11 @@ class Replica:
         self.blocked_now = False
 
     # ------------------------------------------------------------------ views (ReplicaView)
+
+    @property
+    def kv(self) -> "ReplicaKV":
+        """The KV pool as a policy sees it (``KVView``); the engine itself uses ``kv_pool``."""
+        return self.kv_view
 
     @property
     def num_running(self) -> int:
@@ -210,26 +253,26 @@ class Replica:
                     finished.append(req)
         self.inflight = {}
         if finished:
-            self.kv.now_s = now / FS_PER_S
+            self.kv_pool.now_s = now / FS_PER_S
             for req in finished:
                 req.finish_fs = now
                 if req.background:
                     self.background.remove(req)
                 else:
                     self.running.remove(req)
-                self.kv.free(req)
+                self.kv_pool.free(req)
             for req in finished:
                 if not req.background:
                     self.cluster.on_request_finished(self, req, now)
         if self.check_invariants:
-            self.kv.check()
+            self.kv_pool.check()
 
     def _alloc(self, req: SimRequest, n_new: int) -> bool:
         """vLLM's ``allocate_slots`` for ``n_new`` more tokens; registers newly full blocks."""
-        bs = self.kv.block_size
+        bs = self.kv_pool.block_size
         slots = req.num_computed_tokens + n_new
         need = -(-slots // bs) - req.kv_ref - req.kv_priv
-        kv = self.kv
+        kv = self.kv_pool
         if need > 0:
             if need > kv.available():
                 return False
@@ -240,8 +283,8 @@ class Replica:
         return True
 
     def _preempt(self, victim: SimRequest, now: int) -> None:
-        self.kv.now_s = now / FS_PER_S
-        self.kv.free(victim)
+        self.kv_pool.now_s = now / FS_PER_S
+        self.kv_pool.free(victim)
         victim.num_computed_tokens = 0
         victim.num_preemptions += 1
         self.preemptions += 1
@@ -249,7 +292,7 @@ class Replica:
 
     def _schedule(self, now: int) -> int | None:
         """One call of the scheduler: fills ``self.inflight``; returns the iteration cost or ``None`` if idle."""
-        flags, kv, bs = self.flags, self.kv, self.kv.block_size
+        flags, kv, bs = self.flags, self.kv_pool, self.kv_pool.block_size
         budget = flags.max_num_batched_tokens
         threshold = flags.long_prefill_token_threshold
         running = self.running
@@ -328,6 +371,12 @@ class Replica:
                 limit = (nt - 1) // bs
                 hl = req.hlist
                 k = kv.match(hl, limit)
+                required = -(-nt // bs) - k
+                if running:
+                    required += self.watermark_blocks
+                avail = kv.available()
+                if required > avail:
+                    break  # taking idle hit blocks only adds to it: the head stays blocked
                 h2 = kv.host_match(hl, k, limit)
                 hit = (k + h2) * bs
                 n_new = nt - hit
@@ -337,10 +386,8 @@ class Replica:
                     if not flags.enable_chunked_prefill:
                         break
                     n_new = budget
-                required = -(-nt // bs) - k + kv.idle_hits(hl, k)
-                if running:
-                    required += self.watermark_blocks
-                if required > kv.available():
+                required += kv.idle_hits(hl, k)
+                if required > avail:
                     break
                 waiting.pop()
                 kv.acquire(req, k)
@@ -428,7 +475,7 @@ class Replica:
 
     def peek_counts(self, now: int) -> tuple[int, int, int, int, int]:
         """(batch size, queue length, KV used, cached, free) at ``now`` without cutting a run."""
-        seg, kv = self.seg, self.kv
+        seg, kv = self.seg, self.kv_pool
         if seg is None:
             return len(self.inflight), len(self.waiting), kv.used_blocks, kv.cached_blocks, kv.blank
         m = seg.run.steps_within(now - seg.t0, seg.k - 1)
@@ -462,10 +509,10 @@ class Replica:
             "fast_forwarded_iterations": self.ff_iterations,
             "fast_forwarded_prefill_iterations": self.ff_prefill_iterations,
             "preemptions": self.preemptions,
-            "kv_blocks": self.kv.total_blocks,
-            "evictions": self.kv.evictions,
+            "kv_blocks": self.kv_pool.total_blocks,
+            "evictions": self.kv_pool.evictions,
             "busy_s": self.busy_fs / FS_PER_S,
         }
 
 
-__all__ = ["Replica", "Segment"]
+__all__ = ["Replica", "ReplicaKV", "Segment"]

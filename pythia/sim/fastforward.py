@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pythia.sim.costmodel import IterationRun
+from pythia.sim.costmodel import FS_PER_S, IterationRun
 from pythia.sim.kvcache import KVCache
 from pythia.sim.kvextents import ExtentKVCache
 from pythia.sim.request import SimRequest
@@ -56,7 +56,8 @@ def plan(rep: "Replica", now: int) -> Segment | None:
     Every scheduled call must either decode (one token, the last known one) or take a
     prefill chunk that leaves tokens for later (so it samples nothing); nothing may have
     been preempted or loaded from the host tier, no background work may wait, and the
-    waiting queue's order must be static. Then the next iterations schedule the same
+    waiting queue's order must be static (a dynamic queue's until its next refresh, see
+    ``WaitingQueue.reorders_at``: the run then ends before it). Then the next iterations schedule the same
     tokens per call: calls admitted by this iteration are running next time, ahead of the
     queue, and get the same share of the budget; the budget left for the queue is the
     same, and the admission that stopped this iteration's loop stays impossible (budget
@@ -66,8 +67,9 @@ def plan(rep: "Replica", now: int) -> Segment | None:
     sched = rep.inflight
     if rep.preempted_now or rep.loaded_now or not sched:
         return None
-    if rep.background or (rep.waiting and rep.sched.dynamic):
+    if rep.background:
         return None
+    dynamic = bool(rep.waiting) and rep.sched.dynamic
     k = 1 << 62
     decode: list[bool] = []
     dpairs = 0
@@ -88,7 +90,7 @@ def plan(rep: "Replica", now: int) -> Segment | None:
         dpairs += q * q
         if k < 2:
             return None
-    kv, bs = rep.kv, rep.kv.block_size
+    kv, bs = rep.kv_pool, rep.kv_pool.block_size
     batch = list(sched)
     qs = list(sched.values())
     c0 = [r.num_computed_tokens for r in batch]
@@ -109,13 +111,28 @@ def plan(rep: "Replica", now: int) -> Segment | None:
         seg.k = k = lo
         if k < 2:
             return None
+    if dynamic:
+        # A dynamic queue keeps its order until its next refresh: the run ends with the
+        # last iteration scheduled before then (iteration j is scheduled at t0 + total(j - 1)).
+        q, run = rep.waiting, seg.run
+        lo, hi = 0, k - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if q.reorders_at((now + run.total(mid)) / FS_PER_S):
+                hi = mid - 1
+            else:
+                lo = mid
+        if lo + 1 < k:
+            seg.k = k = lo + 1
+            if k < 2:
+                return None
     if not registers_fresh(rep, seg):
         return None
     return seg
 
 def registers_fresh(rep: "Replica", seg: Segment) -> bool:
     """Whether the blocks the run registers are all new content (no sharing, which would change counts)."""
-    kv, bs = rep.kv, rep.kv.block_size
+    kv, bs = rep.kv_pool, rep.kv_pool.block_size
     ranges = []
     k = seg.k
     index = kv.index if isinstance(kv, ExtentKVCache) and kv.caching else None
@@ -171,7 +188,7 @@ def materialize(rep: "Replica", seg: Segment, m: int) -> None:
     """State after ``m`` iterations of ``seg`` and the schedule of iteration ``m + 1``."""
     if m <= 0:
         return
-    kv, bs = rep.kv, rep.kv.block_size
+    kv, bs = rep.kv_pool, rep.kv_pool.block_size
     first_end = -1
     m1 = m + 1
     grow = seg.new_blocks(m1, bs)

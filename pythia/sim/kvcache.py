@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from itertools import takewhile
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from pythia.sim.chains import ROOT, ResidentChains
 from pythia.sim.lru import EvictionQueue
 
 
@@ -74,7 +75,7 @@ class KVCache(BlankAllocation):
     __slots__ = (
         "total_blocks", "block_size", "caching", "blank", "ref", "lru", "front", "private",
         "pins", "host", "host_cap", "evictions", "host_offloads", "ranker", "now_s",
-        "rank_interval_s", "_ranked_at",
+        "rank_interval_s", "_ranked_at", "chains",
     )
 
     def __init__(self, total_blocks: int, block_size: int, *, caching: bool = True, host_blocks: int = 0) -> None:
@@ -83,6 +84,7 @@ class KVCache(BlankAllocation):
         self.caching = caching
         self.blank = total_blocks
         self.ref: dict[int, int] = {}
+        self.chains = ResidentChains()  # which resident blocks have their whole prefix resident
         self.lru = EvictionQueue()
         self.front: OrderedDict[int, float] = OrderedDict()
         self.private = 0
@@ -128,25 +130,25 @@ class KVCache(BlankAllocation):
 
     def cached_prefix_blocks(self, hashes: np.ndarray | list[int]) -> int:
         """Leading blocks of the chain ``hashes`` resident on the GPU."""
-        hl = hashes.tolist() if isinstance(hashes, np.ndarray) else hashes
-        return self.match(hl, len(hl))
+        return self.match(hashes, len(hashes))
 
     # ------------------------------------------------------------------ lookups
 
-    def match(self, hl: list[int], limit: int) -> int:
-        """Number of leading hashes of ``hl`` (at most ``limit``) resident on the GPU."""
+    def match(self, hl: Sequence[int], limit: int) -> int:
+        """Number of leading hashes of ``hl`` (at most ``limit``) resident on the GPU.
+
+        The hit stops at the first missing block, found by bisection (see
+        :mod:`pythia.sim.chains`): a few dictionary probes whatever the hit length.
+        """
         if not self.caching or limit <= 0:
             return 0
-        ref = self.ref
-        if len(hl) > limit:
-            hl = hl[:limit]
-        return sum(1 for _ in takewhile(ref.__contains__, hl))
+        return self.chains.match(hl, len(hl) if len(hl) < limit else limit, self.ref)
 
     def host_match(self, hl: list[int], start: int, limit: int) -> int:
         """Blocks ``hl[start:limit]`` resident on the host, counted until the first miss."""
         if not self.host or start >= limit:
             return 0
-        return sum(1 for _ in takewhile(self.host.__contains__, hl[start:limit]))
+        return len(list(takewhile(self.host.__contains__, hl[start:limit])))
 
     def any_resident(self, req: Holder, upto: int) -> bool:
         """Whether any of ``req``'s blocks ``[kv_ref, upto)`` is resident (registering it would share)."""
@@ -179,6 +181,7 @@ class KVCache(BlankAllocation):
         if len(evicted) < n:
             raise RuntimeError(f"KV cache asked to evict {n - len(evicted)} blocks more than it has")
         deque(map(self.ref.__delitem__, evicted), maxlen=0)  # C-level loop
+        self.chains.remove(evicted)
         self.blank += n
         self.evictions += n
         if self.host_cap > 0:  # write-back to host DRAM on eviction
@@ -221,13 +224,16 @@ class KVCache(BlankAllocation):
         new = req.hlist[lo:upto]
         ref = self.ref
         n = len(new)
+        hl = req.hlist
         if ref.keys().isdisjoint(new):
             ref.update(dict.fromkeys(new, 1))
+            self.chains.insert_run(new, hl[lo - 1] if lo else ROOT, ref)
         else:
-            for h in new:
+            for i, h in enumerate(new, lo):
                 r = ref.get(h)
                 if r is None:
                     ref[h] = 1
+                    self.chains.insert(h, hl[i - 1] if i else ROOT, ref)
                     continue
                 # Someone registered this content meanwhile: share theirs, return ours.
                 if r == 0:
@@ -266,34 +272,41 @@ class KVCache(BlankAllocation):
     def pin(self, hashes: Iterable[int]) -> int:
         """Hold resident blocks so they cannot be evicted; returns how many were pinned."""
         done = 0
+        ref, pins, discard, front = self.ref, self.pins, self.lru.discard, self.front
         for h in hashes:
-            r = self.ref.get(h)
+            r = ref.get(h)
             if r is None:
                 continue
-            if r == 0:
-                if not self.lru.discard(h):
-                    self.front.pop(h)
-            self.ref[h] = r + 1
-            self.pins[h] = self.pins.get(h, 0) + 1
+            if r == 0 and not discard(h):
+                front.pop(h)
+            ref[h] = r + 1
+            pins[h] = pins.get(h, 0) + 1
             done += 1
         return done
 
     def unpin(self, hashes: Iterable[int]) -> int:
-        """Release pins taken by :meth:`pin`; returns how many were released."""
+        """Release pins taken by :meth:`pin`; returns how many were released.
+
+        Blocks nobody holds any more join the eviction order in the order given, as one
+        run (the same order as one append each).
+        """
         done = 0
+        ref, pins = self.ref, self.pins
+        freed: list[int] = []
         for h in hashes:
-            p = self.pins.get(h)
+            p = pins.get(h)
             if not p:
                 continue
             if p == 1:
-                del self.pins[h]
+                del pins[h]
             else:
-                self.pins[h] = p - 1
-            r = self.ref[h] - 1
-            self.ref[h] = r
+                pins[h] = p - 1
+            r = ref[h] - 1
+            ref[h] = r
             if r == 0:
-                self.lru.add(h, self.now_s)
+                freed.append(h)
             done += 1
+        self.lru.add_run(freed, self.now_s)
         return done
 
     def demote(self, hashes: Iterable[int]) -> int:
@@ -325,8 +338,10 @@ class KVCache(BlankAllocation):
         whole prefix is resident (a block is useful only after its prefix).
         """
         loaded = 0
+        prev = ROOT  # the chain starts at its first block
         for h in hashes:
             if h in self.ref:
+                prev = h
                 continue
             if h not in self.host or self.available() < 1:
                 break
@@ -334,8 +349,10 @@ class KVCache(BlankAllocation):
                 self._evict(1)
             self.blank -= 1
             self.ref[h] = 0
+            self.chains.insert(h, prev, self.ref)
             self.lru.add(h, self.now_s)
             loaded += 1
+            prev = h
         return loaded
 
     # ------------------------------------------------------------------ checks
@@ -349,6 +366,7 @@ class KVCache(BlankAllocation):
         assert self.blank >= 0 and self.private >= 0
         assert self.blank + len(self.lru) + len(self.front) + self.private + held == self.total_blocks, (
             self.blank, len(self.lru), len(self.front), self.private, held, self.total_blocks)
+        self.chains.check(self.ref)
 
     def snapshot(self) -> dict[str, Any]:
         """Counts for the time series."""

@@ -142,8 +142,9 @@ class ExtentKVCache(BlankAllocation):
 
     def cached_prefix_blocks(self, hashes: Any) -> int:
         """Leading blocks of the chain ``hashes`` resident on the GPU."""
-        hl = hashes.tolist() if hasattr(hashes, "tolist") else list(hashes)
-        n, _ = self._walk(hl, len(hl))
+        # The walk reads a few elements per extent: index the array as it is (a list copy
+        # of a long chain would cost more than the walk).
+        n, _ = self._walk(hashes, len(hashes))
         return n
 
     # ------------------------------------------------------------------ lookups

@@ -295,7 +295,7 @@ class Runtime:
     def background_request(self, segs: np.ndarray, replica: Replica, now: int) -> SimRequest | None:
         """A background prefill of ``segs`` (a precompute action), or ``None`` if it is too long."""
         n = int(segs[:, 2].sum()) if len(segs) else 0
-        if n < self.block_size or -(-n // self.block_size) > replica.kv.total_blocks // 2:
+        if n < self.block_size or -(-n // self.block_size) > replica.kv_pool.total_blocks // 2:
             return None
         req = SimRequest(-1, job_id="", workflow_type="", workflow_id="", agent_role="precompute", agent_id="",
                          call_id=-1, model="", prompt_tokens=n, output_tokens=0,

@@ -164,6 +164,20 @@ def block_hashes(segs: np.ndarray, block_size: int) -> np.ndarray:
     return chain_hashes(block_content_ids(segs, block_size))
 
 
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """Number of leading blocks two hash chains share.
+
+    Chained hashes agree at block ``i`` only if the whole prefix through ``i`` is equal, so
+    this is also the number of blocks of ``a`` that occur anywhere in ``b`` (up to 64-bit
+    collisions).
+    """
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = a[:n] != b[:n]
+    return int(diff.argmax()) if diff.any() else n
+
+
 def sequence_hashes(prompt: np.ndarray, output: np.ndarray, block_size: int) -> np.ndarray:
     """Chained block hashes of prompt followed by output, as an engine caches them."""
     if len(output) == 0:
