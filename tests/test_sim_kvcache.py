@@ -94,3 +94,87 @@ def test_host_tier_keeps_evicted_blocks_and_prefetch_restores_them():
     kv.free(b)
     assert kv.prefetch([1, 2]) == 2 and kv.match([1, 2, 3], 3) == 2
     kv.check()
+
+
+def _tree_chains() -> list[list[int]]:
+    """Eight chains of a prefix tree: hashes are chained, so shared prefixes share hashes."""
+    out = []
+    for r in range(8):
+        chain, h = [], 7
+        for i in range(24):
+            branch = (r >> (i // 8)) & 1 if i >= 4 else 0  # branch points at blocks 4, 8, 16
+            h = (h * 1_000_003 + 17 * i + branch * (i + 1) * 7919) % (1 << 61)
+            chain.append(h)
+        out.append(chain)
+    return out
+
+
+def naive_match(kv: KVCache, hl: list[int], limit: int) -> int:
+    n = 0
+    for h in hl[:limit]:
+        if h not in kv.ref:
+            break
+        n += 1
+    return n
+
+
+def random_pool_run(seed: int, total: int, host: int) -> int:
+    """400 random operations on a pool; every match checked against a scan. Returns how many
+    steps had resident blocks whose prefix was not resident."""
+    import random
+
+    rnd = random.Random(seed)
+    kv = KVCache(total, 4, host_blocks=host)
+    keys: dict[int, float] = {}
+    kv.ranker = lambda hashes, times: [(keys.setdefault(h, rnd.random()), t) for h, t in zip(hashes, times)]
+    kv.rank_interval_s = 0.0  # re-rank at every eviction: an arbitrary order
+    chains = _tree_chains()
+    live: dict[int, Req] = {}
+    broken_seen = 0
+    for step in range(400):
+        kv.now_s = float(step)
+        op = rnd.choice(["admit", "admit", "free", "pin", "unpin", "demote", "prefetch", "take", "rerank"])
+        r, tokens = rnd.randrange(8), rnd.randrange(1, 97)
+        chain = chains[r]
+        if op == "admit" and r not in live:
+            req = Req(chain)
+            if admit(kv, req, tokens):
+                live[r] = req
+        elif op == "free" and r in live:
+            kv.free(live.pop(r))
+        elif op == "pin":
+            kv.pin(chain[: tokens % 12])
+        elif op == "unpin":
+            kv.unpin(chain[: tokens % 12])
+        elif op == "demote":
+            kv.demote(chain[tokens % 5: tokens % 5 + 6])
+        elif op == "prefetch":
+            kv.offload(chain[:8])
+            kv.prefetch(chain[: tokens % 16])
+        elif op == "take" and r in live:
+            kv.take(live[r], min(tokens % 6, kv.available()))
+        elif op == "rerank":
+            keys.clear()
+        kv.check()  # includes the chains' parents, children and broken set
+        broken_seen += bool(kv.chains.broken)
+        for c in chains:
+            for limit in (1, 5, 13, 24):
+                assert kv.match(c, limit) == naive_match(kv, c, limit)
+            assert kv.cached_prefix_blocks(c) == naive_match(kv, c, len(c))
+    for req in live.values():
+        kv.free(req)
+    kv.check()
+    return broken_seen
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(12, 60), st.sampled_from([0, 16]))
+def test_prefix_match_by_bisection_equals_the_first_missing_block(seed, total, host):
+    """Pins, early release and a reordered eviction leave blocks resident whose prefix is not:
+    the bisection over the resident chains must still stop at the first missing block, as a
+    block-by-block scan does."""
+    random_pool_run(seed, total, host)
+
+
+def test_the_random_pool_run_reaches_broken_chains():
+    assert random_pool_run(1, 30, 0) > 0 and random_pool_run(2, 40, 16) > 0

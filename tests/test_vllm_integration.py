@@ -29,7 +29,7 @@ from pythia.bench.tokens import TokenSpace  # noqa: E402
 from pythia.serve.engines import build_launch  # noqa: E402
 from pythia.serve.server import EngineServer, free_port, http_get  # noqa: E402
 from pythia.serve.tiny_model import make_tiny_model  # noqa: E402
-from pythia.sim.runtime import CALL_COLUMNS, JOB_COLUMNS  # noqa: E402
+from pythia.results import CALL_COLUMNS, JOB_COLUMNS  # noqa: E402
 from pythia.workflow.hashing import stable_key  # noqa: E402
 from pythia.workflow.trace import Call, Job, Trace, segments, write_trace  # noqa: E402
 

@@ -17,7 +17,7 @@ from vllm.v1.core.sched.async_scheduler import AsyncScheduler  # noqa: E402
 from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
 
 from pythia.serve.tiny_model import make_tiny_model  # noqa: E402
-from pythia.serve.vllm_scheduler import PythiaScheduler, PythiaSyncScheduler  # noqa: E402
+from pythia.serve.vllm_scheduler import PythiaScheduler, PythiaSyncScheduler, PythiaVllmScheduler  # noqa: E402
 from vllm_support import annotation, drive, make_request, make_scheduler, run_step, tokens  # noqa: E402
 
 BLOCK = 16
@@ -39,7 +39,7 @@ def _workload(n: int = 8, prompt: int = 100, out: int = 60) -> list[tuple[str, l
     return reqs
 
 
-@pytest.mark.parametrize(("stock", "plugin"), [(Scheduler, PythiaSyncScheduler), (AsyncScheduler, PythiaScheduler)])
+@pytest.mark.parametrize(("stock", "plugin"), [(Scheduler, PythiaSyncScheduler), (AsyncScheduler, PythiaVllmScheduler)])
 def test_default_hooks_schedule_exactly_as_stock_vllm(model_dir: Path, stock: type, plugin: type) -> None:
     # 40 blocks for 8 requests growing to ~11 blocks each: admission stalls and preemptions happen.
     runs = []
@@ -321,7 +321,7 @@ def test_job_end_by_last_call_hint_and_by_idle_timeout(model_dir: Path) -> None:
     assert predictor.job("job-b") is None and sched.stats_dict()["jobs_ended_idle"] == 1
 
 
-@pytest.mark.parametrize("cls", [PythiaSyncScheduler, PythiaScheduler])
+@pytest.mark.parametrize("cls", [PythiaSyncScheduler, PythiaVllmScheduler])
 def test_step_log_records_every_step_in_cost_model_terms(model_dir: Path, tmp_path: Path, cls: type) -> None:
     import json
 
@@ -347,3 +347,14 @@ def test_step_log_records_every_step_in_cost_model_terms(model_dir: Path, tmp_pa
     # Every request samples once per output token: sampled steps add up to the outputs.
     assert sum(rec["sampled"] for rec in recs) == sum(out for _, out in reqs.values())
     assert all(recs[i]["s"] <= recs[i + 1]["s"] for i in range(len(recs) - 1))
+
+
+def test_the_old_class_name_still_resolves() -> None:
+    """``--scheduler-cls pythia.serve.vllm_scheduler.PythiaScheduler`` in older launch scripts keeps working."""
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+
+    from pythia.serve.engines import PLUGIN_SCHEDULER
+
+    assert resolve_obj_by_qualname(PLUGIN_SCHEDULER) is PythiaVllmScheduler
+    assert resolve_obj_by_qualname("pythia.serve.vllm_scheduler.PythiaScheduler") is PythiaVllmScheduler
+    assert PythiaScheduler is PythiaVllmScheduler

@@ -56,7 +56,7 @@ def test_gpu_commands_use_gpu_flags_and_the_async_plugin() -> None:
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.85"
     assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
     assert argv[argv.index("--block-size") + 1] == "16" and not launch.notes
-    assert argv[argv.index("--scheduler-cls") + 1] == "pythia.serve.vllm_scheduler.PythiaScheduler"
+    assert argv[argv.index("--scheduler-cls") + 1] == "pythia.serve.vllm_scheduler.PythiaVllmScheduler"
     assert not launch.env
 
 

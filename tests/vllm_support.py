@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from pythia.policy.base import CachePolicy, SchedulingPolicy, WaitingQueue
 from pythia.policy.fcfs import FCFS, FCFSQueue
 from pythia.serve.adapter import Hooks
 
@@ -174,7 +175,7 @@ def drive(sched: Any, max_steps: int = 2000, on_step: Callable[[Step], None] | N
 # with orders a test controls. Pythia's and the baselines' policies live in pythia.policy.
 
 
-class PriorityQueue:
+class PriorityQueue(WaitingQueue):
     """A waiting queue ordered by ``(priority, tiebreak)``: lower priority values go first.
 
     Ties keep vLLM's FCFS semantics: ``add`` puts a call behind every equal-priority call,
@@ -250,7 +251,7 @@ class PriorityQueue:
         return reversed(self._items)
 
 
-class PriorityScheduling(ABC):
+class PriorityScheduling(SchedulingPolicy):
     """Scheduling written as a score: lower ``priority(view, now)`` is served first.
 
     The victim is the running call with the highest priority value; ties go to the most
@@ -323,7 +324,7 @@ class Aging(PriorityScheduling):
         return rank - (now - req.arrival_s) / 10.0
 
 
-class FirstAdmittedVictim:
+class FirstAdmittedVictim(SchedulingPolicy):
     """FCFS queue, but preempt the *earliest* admitted running call (stock vLLM takes the latest)."""
 
     name = "first-admitted-victim"
@@ -342,7 +343,7 @@ class FirstAdmittedVictim:
 
 
 @dataclass
-class PinRoleCache:
+class PinRoleCache(CachePolicy):
     """Pins the first ``prefix_blocks`` blocks of every finished call of ``role``."""
 
     role: str = "planner"
@@ -388,7 +389,7 @@ def roles() -> Hooks:
 
 
 @dataclass
-class SegmentPrefixPin:
+class SegmentPrefixPin(CachePolicy):
     """Pins a prefix named only by its segments: hashes from :func:`pythia.workflow.blocks.block_hashes`.
 
     The policy never sees the engine's hashes: the host must map the segment-based names to

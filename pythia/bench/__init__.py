@@ -1,1 +1,2 @@
-"""Real runs: the replay client, token synthesis, and metrics collection (NVML, Prometheus)."""
+"""Real runs: the replay client, token synthesis, metrics collection (NVML, Prometheus), calibration,
+and their commands ``pythia run`` and ``pythia calibrate`` (:mod:`pythia.bench.cli`)."""

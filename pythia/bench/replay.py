@@ -11,9 +11,9 @@ Each request is a ``/v1/completions`` call whose ``prompt`` is a list of token i
 synthesised from the call's segments (:mod:`pythia.bench.tokens`), asking for exactly the
 trace's output length (``max_tokens`` = ``min_tokens``, ``ignore_eos``), and carrying the
 call's annotation in ``vllm_xargs``. Calls beyond the model's context are clamped exactly as
-the simulator clamps them (:func:`pythia.sim.runtime.clamp_lengths`).
+the simulator clamps them (:func:`pythia.workflow.clamp.clamp_lengths`).
 
-The tables have the simulator's columns (:data:`pythia.sim.runtime.CALL_COLUMNS`,
+The tables have the simulator's columns (:data:`pythia.results.CALL_COLUMNS`,
 ``JOB_COLUMNS``), so analysis code does not care which backend produced them. Every loop
 is bounded: at most ``max_calls`` requests, at most ``max_duration_s`` seconds, and only
 loopback addresses are accepted.
@@ -37,9 +37,9 @@ import pandas as pd
 
 from pythia.bench.tokens import PromptBuilder, TokenSpace
 from pythia.errors import PythiaInputError
-from pythia.sim.metrics import frame, summarise
-from pythia.sim.runtime import CALL_COLUMNS, JOB_COLUMNS, clamp_lengths, cut_segments
+from pythia.results import CALL_COLUMNS, JOB_COLUMNS, frame, summarise
 from pythia.workflow.annotation import CallAnnotation
+from pythia.workflow.clamp import clamp_lengths, cut_segments
 from pythia.workflow.hashing import stable_key
 from pythia.workflow.trace import Call, Job, Trace
 

@@ -30,9 +30,9 @@ from pythia.bench.metrics import ENGINE_COLUMNS, GPU_COLUMNS, NvmlSampler, Prome
 from pythia.bench.replay import ReplayOptions, ReplayResult, run_replay, warm_up
 from pythia.bench.tokens import TokenSpace
 from pythia.errors import PythiaInputError
+from pythia.results import TIMESERIES_COLUMNS, write_json, write_parquet
 from pythia.serve.engines import EngineLaunch, build_launch, check_launch, engine_flags
 from pythia.serve.server import EngineServer, free_port
-from pythia.sim.metrics import TIMESERIES_COLUMNS, write_json, write_parquet
 from pythia.workflow.trace import Trace
 
 log = logging.getLogger("pythia.bench")

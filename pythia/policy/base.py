@@ -58,6 +58,10 @@ class WaitingQueue(ABC):
     @abstractmethod
     def __iter__(self) -> Iterator[RequestView]: ...
 
+    def attach(self, replica: ReplicaView) -> None:
+        """Receive the replica whose queue this is (hosts call it once, right after
+        ``new_queue``); queues ordered by the replica's cache state keep it."""
+
     def refresh(self, now: float) -> None:
         """Recompute time-dependent priorities (aging); called each step when the policy is dynamic."""
 
@@ -71,7 +75,17 @@ class WaitingQueue(ABC):
         return True
 
 
-class SchedulingPolicy(ABC):
+class _PolicyBase:
+    """What every policy kind receives from its host before a run (no-ops by default)."""
+
+    def bind(self, predictor: Predictor) -> None:
+        """Receive the run's workflow service (called once, when the system is built)."""
+
+    def set_rng(self, rng: np.random.Generator) -> None:
+        """Receive this component's seeded generator (policies that draw random numbers keep it)."""
+
+
+class SchedulingPolicy(_PolicyBase, ABC):
     """Orders waiting calls and chooses preemption victims.
 
     ``dynamic`` says whether the order can change with time alone (aging): the simulator
@@ -112,12 +126,38 @@ class CacheAction:
 
     KINDS = ("pin", "unpin", "demote", "offload", "prefetch", "precompute")
 
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"cache action kind {self.kind!r} is not one of {', '.join(self.KINDS)}")
+        if self.kind == "precompute" and self.segments is None:
+            raise ValueError("a precompute action needs the segments to compute")
 
-class CachePolicy(ABC):
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """A :class:`BlockView` made from a hash and a time."""
+
+    block_hash: int
+    last_used_s: float
+
+
+class CachePolicy(_PolicyBase, ABC):
     """Decides what stays in the KV cache beyond plain LRU, through :class:`CacheAction`s."""
 
     name: str = "cache"
-    reorders_eviction: bool = False  # simulator only: rank evictable blocks with eviction_rank
+    reorders_eviction: bool = False  # simulator only: rank evictable blocks by eviction_key
+
+    @property
+    def acts(self) -> bool:
+        """Whether the policy can return actions (it overrides :meth:`on_finish` or
+        :meth:`on_tick`); hosts skip the hooks of one that cannot."""
+        t = type(self)
+        return t.on_finish is not CachePolicy.on_finish or t.on_tick is not CachePolicy.on_tick
+
+    @property
+    def plain_lru(self) -> bool:
+        """Plain vLLM behaviour: no actions and the pool's own LRU order (hosts skip all cache work)."""
+        return not self.acts and not self.reorders_eviction
 
     def on_finish(self, req: RequestView, replica: ReplicaView, now: float) -> list[CacheAction]:
         """Actions after a call finishes on ``replica`` (its blocks just became evictable)."""
@@ -127,15 +167,27 @@ class CachePolicy(ABC):
         """Periodic actions (prefetch, precompute when idle)."""
         return []
 
+    def eviction_key(self, block: BlockView, now: float) -> tuple[Any, ...]:
+        """The sort key of an evictable block: smaller keys are evicted first, equal keys in
+        the pool's current order (as SGLang's eviction strategies give a priority per node).
+        LRU by default. Honoured by the simulator only (``reorders_eviction``)."""
+        return (block.last_used_s,)
+
+    def eviction_keys(self, hashes: Sequence[int], last_used: Sequence[float], now: float) -> list[tuple[Any, ...]]:
+        """:meth:`eviction_key` of many blocks at once (a re-rank asks for every evictable
+        block); override it where one pass over all of them is cheaper."""
+        return [self.eviction_key(_Block(h, t), now) for h, t in zip(hashes, last_used)]
+
     def eviction_rank(self, blocks: Sequence[BlockView], now: float) -> list[int]:
-        """Indices of ``blocks`` in eviction order (first evicted first); LRU by default."""
-        return sorted(range(len(blocks)), key=lambda i: blocks[i].last_used_s)
+        """Indices of ``blocks`` in eviction order (first evicted first), from their keys."""
+        keys = self.eviction_keys([b.block_hash for b in blocks], [b.last_used_s for b in blocks], now)
+        return sorted(range(len(blocks)), key=keys.__getitem__)
 
 
 # --------------------------------------------------------------------------- routing and scaling
 
 
-class Router(ABC):
+class Router(_PolicyBase, ABC):
     """Picks a replica of a pool for each call."""
 
     name: str = "router"
@@ -145,7 +197,7 @@ class Router(ABC):
         """Index into ``replicas`` (all of them ``up``; never empty) of the chosen replica."""
 
 
-class Autoscaler(ABC):
+class Autoscaler(_PolicyBase, ABC):
     """Sets the target replica count of each pool."""
 
     name: str = "autoscaler"
@@ -161,8 +213,8 @@ class Autoscaler(ABC):
 class Policies:
     """The four policies of one system and the workflow service they share.
 
-    Hosts report jobs and calls to ``predictor`` (see :mod:`pythia.policy.workflow`); a
-    policy with a ``bind(predictor)`` method receives it when the system is built.
+    Hosts report jobs and calls to ``predictor`` (see :mod:`pythia.policy.workflow`); every
+    policy receives it through ``bind(predictor)`` when the system is built.
     """
 
     scheduler: SchedulingPolicy
@@ -174,9 +226,7 @@ class Policies:
 
     def __post_init__(self) -> None:
         for policy in (self.scheduler, self.cache, self.router, self.autoscaler):
-            bind = getattr(policy, "bind", None)
-            if bind is not None:
-                bind(self.predictor)
+            policy.bind(self.predictor)
 
 
 __all__ = [

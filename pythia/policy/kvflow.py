@@ -25,6 +25,7 @@ system file, SGLang's hierarchical cache) receives evicted blocks by write-back.
 from __future__ import annotations
 
 from collections import deque
+from operator import neg
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -139,12 +140,12 @@ class KVFlowCache(CachePolicy):
         chain = req.block_hashes[: (req.prompt_tokens + req.num_output_tokens) // bs].tolist()
         owners, mine = self.owners, self.job_blocks.setdefault(job, [])
         entry = (wt, role, job)
-        for h in chain:
-            cur = owners.get(h)
-            if cur is None:
-                owners[h] = (entry,)
-                mine.append(h)
-            elif entry not in cur:
+        curs = list(map(owners.get, chain))
+        new = [h for h, cur in zip(chain, curs) if cur is None]  # blocks nobody owned yet
+        owners.update(dict.fromkeys(new, (entry,)))
+        mine.extend(new)
+        for h, cur in zip(chain, curs):
+            if cur is not None and entry not in cur:
                 shared = (wt, role, "")
                 if any(o[:2] == (wt, role) for o in cur):  # a second job of this role: the role's prefix
                     cur = tuple(o for o in cur if o[:2] != (wt, role)) + (shared,)
@@ -210,23 +211,21 @@ class KVFlowCache(CachePolicy):
         by_type: dict[str, list[str | None]] = {}
         for wt, r in last.values():
             by_type.setdefault(wt, []).append(r)
-        memo: dict[tuple, int] = {}
-        out = []
-        for h in hashes:
-            owners = self.owners.get(h)
-            if owners is None:
-                out.append(INF)
-                continue
-            v = memo.get(owners)
-            if v is None:
-                v = min(self.owner_steps(o, last, by_type) for o in owners)
-                memo[owners] = v
-            out.append(v)
+        of = list(map(self.owners.get, hashes))
+        # A value per distinct owner set (few), then one C-level lookup per block.
+        memo: dict[tuple | None, int] = {None: INF}
+        for owners in set(of):
+            if owners is not None:
+                memo[owners] = min(self.owner_steps(o, last, by_type) for o in owners)
+        out = list(map(memo.__getitem__, of))
         return out
 
-    def eviction_rank(self, blocks: Sequence[BlockView], now: float) -> list[int]:
-        steps = self.block_steps([b.block_hash for b in blocks])
-        return sorted(range(len(blocks)), key=lambda i: (-steps[i], blocks[i].last_used_s))
+    def eviction_key(self, block: BlockView, now: float) -> tuple[int, float]:
+        """Farthest from execution first, least recently used among equals."""
+        return (-self.block_steps([block.block_hash])[0], block.last_used_s)
+
+    def eviction_keys(self, hashes: Sequence[int], last_used: Sequence[float], now: float) -> list[tuple[int, float]]:
+        return list(zip(map(neg, self.block_steps(hashes)), last_used))
 
     # ------------------------------------------------------------------ prefetch
 

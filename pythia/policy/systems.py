@@ -11,11 +11,28 @@ A system file looks like::
       autoscaler: {name: none}
     engine:                 # overrides of EngineFlags defaults
       max_num_batched_tokens: 2048
+
+A variant of another system (an ablation, the oracle) says ``extends: <system>`` (a file stem
+in ``baselines/``) and states only how it differs::
+
+    name: pythia-no-routing
+    extends: pythia
+    source: [...]           # still required: the variant's own sources
+    policies:
+      router: {name: round_robin}   # replaces the parent's router, name and params
+
+The parent is resolved first (recursively, so it may extend another system). Each policy kind
+the variant names replaces the parent's ``{name, params}`` of that kind entirely (parameters
+are not merged, so what a variant runs can be read off its own file); kinds it does not name
+are the parent's. Its ``engine`` keys override the parent's engine flags one by one.
+``name``, ``description``, ``source`` and ``extra`` are the variant's own, never inherited.
+A system without ``extends`` takes the defaults below for every kind and flag it leaves out.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +87,11 @@ class EngineFlags:
             raise PythiaInputError("engine flags host_kv_gib and long_prefill_token_threshold must be >= 0")
 
 
+FIELDS = ("name", "description", "source", "extends", "policies", "engine", "extra")
+# What a system without ``extends`` runs for a policy kind it does not name (stock vLLM).
+DEFAULT_POLICIES = {"predictor": "none", "scheduler": "fcfs", "cache": "lru", "router": "round_robin", "autoscaler": "none"}
+
+
 @dataclass(frozen=True)
 class System:
     """A compared system: its policies (names and parameters), engine flags and sources."""
@@ -80,6 +102,7 @@ class System:
     source: tuple[str, ...] = ()
     description: str = ""
     path: Path | None = None
+    extends: str | None = None  # the parent system's name, if the file names one
     extra: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> Policies:
@@ -103,57 +126,11 @@ def known_systems() -> list[str]:
 
 
 def parse_system(obj: Any, where: str, name: str) -> System:
-    """Validate a system's YAML object."""
-    if not isinstance(obj, dict):
-        raise PythiaInputError(f"{where}: a system file must be a mapping")
-    unknown = set(obj) - {"name", "description", "source", "policies", "engine", "extra"}
-    if unknown:
-        raise PythiaInputError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-    source = obj.get("source")
-    if not source:
-        raise PythiaInputError(f"{where}: field source is required: name where the system's settings come from")
-    if isinstance(source, str):
-        source = [source]
-    pol = obj.get("policies") or {}
-    if not isinstance(pol, dict):
-        raise PythiaInputError(f"{where}: field policies must be a mapping of kind to {{name, params}}")
-    policies: dict[str, tuple[str, dict[str, Any]]] = {}
-    defaults = {"predictor": "none", "scheduler": "fcfs", "cache": "lru", "router": "round_robin", "autoscaler": "none"}
-    for kind in registry.KINDS:
-        spec = pol.get(kind, {"name": defaults[kind]})
-        if isinstance(spec, str):
-            spec = {"name": spec}
-        if not isinstance(spec, dict) or "name" not in spec:
-            raise PythiaInputError(f"{where}: field policies.{kind} needs a name")
-        pname = spec["name"]
-        if pname not in registry.REGISTRY[kind]:
-            raise PythiaInputError(
-                f"{where}: field policies.{kind}.name={pname!r} is unknown; known: {', '.join(registry.known(kind))}"
-            )
-        policies[kind] = (pname, dict(spec.get("params") or {}))
-    extra_kinds = set(pol) - set(registry.KINDS)
-    if extra_kinds:
-        raise PythiaInputError(f"{where}: unknown policy kind(s) {', '.join(sorted(extra_kinds))}")
-    eng = obj.get("engine") or {}
-    names = {f.name for f in fields(EngineFlags)}
-    bad = set(eng) - names
-    if bad:
-        raise PythiaInputError(f"{where}: unknown engine flag(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(names))}")
-    try:
-        engine = EngineFlags(**eng)
-    except PythiaInputError as e:
-        raise PythiaInputError(f"{where}: {e}") from None
-    return System(
-        name=str(obj.get("name", name)),
-        policies=policies,
-        engine=engine,
-        source=tuple(str(s) for s in source),
-        description=str(obj.get("description", "")),
-        extra=dict(obj.get("extra") or {}),
-    )
+    """Validate a system's YAML object (resolving its ``extends`` against ``baselines/``)."""
+    return _parse(obj, where, name, ())
 
 
-def load_system(name: str) -> System:
+def load_system(name: str | Path) -> System:
     """The system ``baselines/<name>.yaml``; a path to a YAML file also works."""
     p = Path(name)
     if p.suffix in (".yaml", ".yml") and p.is_file():
@@ -163,11 +140,97 @@ def load_system(name: str) -> System:
         if not path.is_file():
             known = known_systems()
             raise PythiaInputError(
-                f"unknown system {name!r}; known: {', '.join(known) if known else '(none in ' + str(baselines_dir()) + ')'}"
+                f"unknown system {str(name)!r}; known: {', '.join(known) if known else '(none in ' + str(baselines_dir()) + ')'}"
             )
+    return _load(path, ())
+
+
+def _load(path: Path, chain: tuple[Path, ...]) -> System:
+    """Read and validate the system file ``path``; ``chain`` holds the files extending it, outermost first."""
     try:
         obj = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise PythiaInputError(f"{path}: not valid YAML ({e})") from None
-    sys_ = parse_system(obj, str(path), path.stem)
-    return System(**{**sys_.__dict__, "path": path})
+    sys_ = _parse(obj, str(path), path.stem, chain + (path.resolve(),))
+    return dataclasses.replace(sys_, path=path)
+
+
+def _parent(value: Any, where: str, chain: tuple[Path, ...]) -> System:
+    """The system a file's ``extends`` names, resolved; unknown names and cycles are user errors."""
+    if not isinstance(value, str) or not value or Path(value).name != value:
+        raise PythiaInputError(
+            f"{where}: field extends={value!r} must be the name of a system in baselines/ (a file stem, e.g. pythia)"
+        )
+    path = baselines_dir() / f"{value}.yaml"
+    if not path.is_file():
+        known = known_systems()
+        raise PythiaInputError(
+            f"{where}: field extends={value!r} names no system in {baselines_dir()}; "
+            f"known: {', '.join(known) if known else '(none)'}"
+        )
+    if path.resolve() in chain:
+        loop = [p.stem for p in chain[chain.index(path.resolve()):]] + [value]
+        raise PythiaInputError(
+            f"{where}: field extends={value!r} makes a cycle ({' -> '.join(loop)}); "
+            "a system can extend neither itself nor a system that extends it"
+        )
+    return _load(path, chain)
+
+
+def _parse(obj: Any, where: str, name: str, chain: tuple[Path, ...]) -> System:
+    """Validate a system's YAML object; ``chain`` is the files being resolved, for cycle checks."""
+    if not isinstance(obj, dict):
+        raise PythiaInputError(f"{where}: a system file must be a mapping")
+    unknown = set(obj) - set(FIELDS)
+    if unknown:
+        raise PythiaInputError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    source = obj.get("source")
+    if not source:
+        raise PythiaInputError(f"{where}: field source is required: name where the system's settings come from")
+    if isinstance(source, str):
+        source = [source]
+    parent = _parent(obj["extends"], where, chain) if "extends" in obj else None
+    pol = obj.get("policies") or {}
+    if not isinstance(pol, dict):
+        raise PythiaInputError(f"{where}: field policies must be a mapping of kind to {{name, params}}")
+    policies: dict[str, tuple[str, dict[str, Any]]] = {}
+    for kind in registry.KINDS:
+        if kind not in pol and parent is not None:
+            pname, params = parent.policies[kind]
+            policies[kind] = (pname, dict(params))
+            continue
+        spec = pol.get(kind, {"name": DEFAULT_POLICIES[kind]})
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise PythiaInputError(f"{where}: field policies.{kind} needs a name")
+        pname = spec["name"]
+        if pname not in registry.REGISTRY[kind]:
+            raise PythiaInputError(
+                f"{where}: field policies.{kind}.name={pname!r} is unknown; known: {', '.join(registry.known(kind))}"
+            )
+        params = spec.get("params") or {}
+        if not isinstance(params, dict):
+            raise PythiaInputError(f"{where}: field policies.{kind}.params must be a mapping of parameter name to value")
+        policies[kind] = (pname, dict(params))
+    extra_kinds = set(pol) - set(registry.KINDS)
+    if extra_kinds:
+        raise PythiaInputError(f"{where}: unknown policy kind(s) {', '.join(sorted(extra_kinds))}")
+    eng = obj.get("engine") or {}
+    names = {f.name for f in fields(EngineFlags)}
+    bad = set(eng) - names
+    if bad:
+        raise PythiaInputError(f"{where}: unknown engine flag(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(names))}")
+    try:
+        engine = EngineFlags(**{**(asdict(parent.engine) if parent is not None else {}), **eng})
+    except PythiaInputError as e:
+        raise PythiaInputError(f"{where}: {e}") from None
+    return System(
+        name=str(obj.get("name", name)),
+        policies=policies,
+        engine=engine,
+        source=tuple(str(s) for s in source),
+        description=str(obj.get("description", "")),
+        extra=dict(obj.get("extra") or {}),
+        extends=str(obj["extends"]) if parent is not None else None,
+    )

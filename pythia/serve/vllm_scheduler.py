@@ -1,6 +1,6 @@
 """The Pythia scheduler plugin for vLLM 0.32: an adapter that carries out the hooks' decisions.
 
-Load it with ``--scheduler-cls pythia.serve.vllm_scheduler.PythiaScheduler`` (vLLM resolves
+Load it with ``--scheduler-cls pythia.serve.vllm_scheduler.PythiaVllmScheduler`` (vLLM resolves
 the string with ``resolve_obj_by_qualname`` in ``SchedulerConfig.get_scheduler_cls``). It
 subclasses ``AsyncScheduler``, vLLM's default where scheduling is asynchronous: a plain
 ``Scheduler`` subclass would turn asynchronous scheduling off. Where vLLM schedules
@@ -56,6 +56,7 @@ from pythia.serve.adapter import (
     uses_default_victim,
 )
 from pythia.serve.pins import BlockPinner, EngineKVView, EngineReplicaView, HashIndex
+from pythia.sim.costmodel import BatchShape
 
 # Under vLLM's logger hierarchy, so lines appear in the engine's log with its format.
 logger = logging.getLogger("vllm.plugins.pythia")
@@ -243,9 +244,7 @@ class _PythiaAdapter:
         self._hash_index = HashIndex(4 * pool.num_gpu_blocks)
         self._kv_view = EngineKVView(pool, self.block_size, self._hash_index, self.pythia_pinner)  # type: ignore[attr-defined]
         self._replica_view = EngineReplicaView(self, self._kv_view, self.pythia_config.pool, self._views)
-        attach = getattr(inner, "attach", None)
-        if callable(attach):  # queues that read the cache (prefix matching) see this engine's pool
-            attach(self._replica_view)
+        inner.attach(self._replica_view)  # queues that read the cache (prefix matching) see this engine's pool
         self._predictor = self.pythia_hooks.predictor
         # job id -> [calls in the engine, last time one arrived or left]: jobs end by hint or idleness
         self._jobs_live: dict[str, list[float]] = {}
@@ -439,23 +438,18 @@ class _PythiaAdapter:
     def _step_shape(self, out: Any, t_start: float) -> dict[str, Any]:
         """The batch of one step in the cost model's terms (see :mod:`pythia.sim.costmodel`)."""
         reqs = self.requests  # type: ignore[attr-defined]
-        seqs = tokens = sampled = pairs = kv = 0
+        shape = BatchShape()
         ids = []
         for rid, q in out.num_scheduled_tokens.items():
             r = reqs.get(rid)
             if r is None or q <= 0:
                 continue
             c = r.num_computed_tokens - q  # vLLM advanced it when scheduling
-            seqs += 1
-            tokens += q
-            pairs += q * c + q * (q + 1) // 2
-            kv += c + q
             # vLLM marks a step that leaves the prompt unfinished as a prefill chunk (no token).
-            if not getattr(r, "is_prefill_chunk", r.num_computed_tokens < r.num_tokens):
-                sampled += 1
+            shape.add(q, c, not getattr(r, "is_prefill_chunk", r.num_computed_tokens < r.num_tokens))
             ids.append(rid)
-        return {"s": t_start, "S": seqs, "T": tokens, "sampled": sampled, "pairs": pairs, "kv": kv,
-                "new": len(out.scheduled_new_reqs), "ids": ids}
+        return {"s": t_start, "S": shape.seqs, "T": shape.tokens, "sampled": shape.sampled, "pairs": shape.pairs,
+                "kv": shape.kv_read, "new": len(out.scheduled_new_reqs), "ids": ids}
 
     def _pressure(self) -> bool:
         """Whether this step could need to preempt: free blocks below what the step could take."""
@@ -596,12 +590,21 @@ def _open_events(path: str | None) -> Any:
     return open(path, "a", buffering=1, encoding="utf-8")  # line-buffered: readable while running
 
 
-class PythiaScheduler(_PythiaAdapter, AsyncScheduler):
-    """The plugin over vLLM's ``AsyncScheduler`` (vLLM's default where scheduling is asynchronous)."""
+class PythiaVllmScheduler(_PythiaAdapter, AsyncScheduler):
+    """The plugin over vLLM's ``AsyncScheduler`` (vLLM's default where scheduling is asynchronous).
+
+    Named apart from :class:`pythia.policy.pythia_scheduler.PythiaScheduler`, the scheduling
+    policy it may host.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pythia_init()
+
+
+# The class's old name, so that ``--scheduler-cls pythia.serve.vllm_scheduler.PythiaScheduler``
+# in existing launch scripts keeps working.
+PythiaScheduler = PythiaVllmScheduler
 
 
 class PythiaSyncScheduler(_PythiaAdapter, Scheduler):

@@ -9,21 +9,28 @@ a replica scaled down is ``draining`` (no new calls; it stops when its calls end
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from pythia.policy.base import CacheAction, CachePolicy, Policies
+from pythia.policy.base import CacheAction, Policies
 from pythia.policy.systems import EngineFlags
 from pythia.sim.config import ClusterConfig, PoolConfig
 from pythia.sim.costmodel import FS_PER_S, CostModel
 from pythia.sim.engine import Replica
 from pythia.sim.kvcache import KVCache
-from pythia.sim.events import READY, STEP, EventQueue
+from pythia.sim.events import FRONT, READY, STEP, EventQueue
 from pythia.sim.request import SimRequest
+from pythia.workflow.blocks import sequence_hashes
+from pythia.workflow.trace import segments
 
-if TYPE_CHECKING:
-    from pythia.sim.runtime import Runtime
+
+
+class CallListener(Protocol):
+    """Who hears of finished calls (the workflow runtime, wired by the simulation)."""
+
+    def on_call_finished(self, req: SimRequest, now: int) -> None:
+        """``req`` produced its last token at ``now``."""
 
 
 @dataclass
@@ -82,12 +89,11 @@ class Cluster:
         self.check_invariants = check_invariants
         self.kv_index = kv_index
         self.now = 0
-        self.runtime: Runtime | None = None
+        self.listener: CallListener | None = None
         self.pools: dict[str, Pool] = {}
         self.replicas: list[Replica] = []
         self._pool_of_model: dict[str, Pool] = {}
-        self.cache_ticks = type(policies.cache).on_tick is not CachePolicy.on_tick
-        self.cache_finish = type(policies.cache).on_finish is not CachePolicy.on_finish
+        self.cache_acts = policies.cache.acts  # else the cache hooks are never called
         for pc in config.pools:
             cost = CostModel(config.gpu, pc.model, pc.tp, gpu_memory_utilization=flags.gpu_memory_utilization,
                              max_num_batched_tokens=flags.max_num_batched_tokens)
@@ -112,9 +118,19 @@ class Cluster:
         pool.replicas_all.append(r)
         return r
 
-    def push_step(self, replica: Replica, t: int, version: int) -> None:
+    def connect(self, listener: "CallListener") -> None:
+        """The one that hears of every finished call (the workflow runtime)."""
+        self.listener = listener
+
+    # ------------------------------------------------------------------ ReplicaHost
+
+    def schedule_step(self, replica: Replica, t: int, version: int) -> None:
         """Schedule the end of ``replica``'s in-flight iteration."""
         self.events.push(t, STEP, replica.replica_id, 0, version)
+
+    def schedule_front(self, t: int, req: SimRequest, replica: Replica) -> None:
+        """Schedule the front end's hand-over of ``req`` to ``replica``'s queue."""
+        self.events.push(t, FRONT, replica.replica_id, req.call_id, (req, replica))
 
     def on_step(self, now: int, replica_id: int, version: int) -> None:
         """An iteration-end event."""
@@ -158,11 +174,12 @@ class Cluster:
             raise RuntimeError(f"router {self.policies.router.name} returned replica index {i} of {len(ups)}")
         ups[i].enqueue(req, now)
 
-    def on_request_finished(self, replica: Replica, req: SimRequest, now: int) -> None:
+    def call_finished(self, replica: Replica, req: SimRequest, now: int) -> None:
         """A call finished on ``replica``: tell the runtime, run cache hooks, stop a drained replica."""
-        assert self.runtime is not None
-        self.runtime.on_call_finished(req, now)
-        if self.cache_finish:
+        if self.listener is None:
+            raise RuntimeError("cluster not connected to a runtime (Cluster.connect)")
+        self.listener.on_call_finished(req, now)
+        if self.cache_acts:
             self.apply_actions(self.policies.cache.on_finish(req, replica, now / FS_PER_S), now)
         if replica.state == "draining" and not replica.running and not len(replica.waiting):
             replica.state = "stopped"
@@ -192,16 +209,25 @@ class Cluster:
             elif act.kind == "prefetch":
                 kv.prefetch(hashes)
             elif act.kind == "precompute" and act.segments is not None:
-                assert self.runtime is not None
-                bg = self.runtime.background_request(act.segments, r, now)
+                bg = self.background_request(act.segments, r, now)
                 if bg is not None:
                     r.add_background(bg, now)
             else:
                 raise ValueError(f"unknown cache action {act.kind!r}")
 
+    def background_request(self, segs: np.ndarray, replica: Replica, now: int) -> SimRequest | None:
+        """A background prefill of ``segs`` (a precompute action), or ``None`` if it is too long."""
+        bs = self.flags.block_size
+        n = int(segs[:, 2].sum()) if len(segs) else 0
+        if n < bs or -(-n // bs) > replica.kv_pool.total_blocks // 2:
+            return None
+        return SimRequest(-1, job_id="", workflow_type="", workflow_id="", agent_role="precompute", agent_id="",
+                          call_id=-1, model="", prompt_tokens=n, output_tokens=0,
+                          block_hashes=sequence_hashes(segs, segments([]), bs), issue_fs=now, background=True)
+
     def cache_tick(self, now: int) -> None:
         """Periodic cache-policy actions."""
-        if self.cache_ticks:
+        if self.cache_acts:
             live = [r for r in self.replicas if r.state in ("up", "draining")]
             self.apply_actions(self.policies.cache.on_tick(live, now / FS_PER_S), now)
 

@@ -148,6 +148,10 @@ class CostModel:
         """KV blocks a replica holds: (memory * utilisation - weights - activation reserve) / block bytes."""
         return self.kv_capacity_tokens // block_size
 
+    def batch_fs(self, shape: "BatchShape") -> int:
+        """Cost of one iteration of the batch ``shape`` in femtoseconds."""
+        return self.iteration_fs(shape.tokens, shape.seqs, shape.sampled, shape.pairs, shape.kv_read)
+
     def iteration_fs(self, tokens: int, seqs: int, sampled: int, pairs: int, kv_read: int) -> int:
         """Cost of one iteration in femtoseconds (see the module docstring for the terms)."""
         compute = self.c_token * tokens + self.c_sampled * sampled + self.c_pair * pairs
@@ -175,6 +179,39 @@ class CostModel:
         ``kv_read = kv1 + dkv * (j - 1)`` (``dkv = sum q``).
         """
         return IterationRun(self, tokens, seqs, sampled, pairs1, dpairs, kv1, dkv)
+
+
+class BatchShape:
+    """The cost model's terms of one iteration's batch, summed call by call as it is scheduled.
+
+    A call that computes ``q`` new tokens on top of ``c`` cached ones adds one sequence,
+    ``q`` tokens, ``q * c + q * (q + 1) / 2`` query-key pairs of causal attention and
+    ``c + q`` KV tokens read, and one sampled sequence when its step reaches its last known
+    token. The simulator's engine and the vLLM plugin's step log both count a batch with it.
+    """
+
+    __slots__ = ("seqs", "tokens", "sampled", "pairs", "kv_read")
+
+    def __init__(self) -> None:
+        self.seqs = self.tokens = self.sampled = self.pairs = self.kv_read = 0
+
+    def add(self, q: int, c: int, samples: bool) -> None:
+        """Count a call scheduling ``q`` tokens after ``c`` computed ones."""
+        self.seqs += 1
+        self.tokens += q
+        self.pairs += q * c + q * (q + 1) // 2
+        self.kv_read += c + q
+        if samples:
+            self.sampled += 1
+
+    def remove(self, q: int, c: int, samples: bool) -> None:
+        """Take back :meth:`add` (a call preempted after it was scheduled)."""
+        self.seqs -= 1
+        self.tokens -= q
+        self.pairs -= q * c + q * (q + 1) // 2
+        self.kv_read -= c + q
+        if samples:
+            self.sampled -= 1
 
 
 class IterationRun:

@@ -26,19 +26,34 @@ is the one stepping would give.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Protocol, Sequence
 
-from pythia.policy.base import CachePolicy, Policies
+from pythia.policy.base import Policies
 from pythia.policy.systems import EngineFlags
-from pythia.sim.costmodel import FS_PER_S, CostModel
-from pythia.sim.events import FRONT
-from pythia.sim.fastforward import Segment, materialize, plan
+from pythia.sim.costmodel import FS_PER_S, BatchShape, CostModel
+from pythia.sim.fastforward import Iteration, Segment, materialize, plan
 from pythia.sim.kvcache import KVCache
 from pythia.sim.kvextents import ExtentKVCache
 from pythia.sim.request import SimRequest
 
-if TYPE_CHECKING:
-    from pythia.sim.cluster import Cluster
+
+class ReplicaHost(Protocol):
+    """What a replica needs from whoever runs it (the cluster): the clock and three services.
+
+    The replica never reaches further into its host; it asks for events and reports
+    finished calls through these, so it can run under any event loop (tests use a stub).
+    """
+
+    now: int  # the current simulated time (fs)
+
+    def schedule_step(self, replica: "Replica", t: int, version: int) -> None:
+        """Deliver ``replica.on_step_event(t, version)`` at ``t`` (the end of its iteration or run)."""
+
+    def schedule_front(self, t: int, req: SimRequest, replica: "Replica") -> None:
+        """Deliver ``replica.enqueue(req, t)`` at ``t`` (the front end handed the call over)."""
+
+    def call_finished(self, replica: "Replica", req: SimRequest, now: int) -> None:
+        """``req`` produced its last token on ``replica`` at ``now``."""
 
 
 class ReplicaKV:
@@ -82,7 +97,7 @@ class Replica:
     """A model replica: waiting queue, running batch, KV cache and the iteration loop."""
 
     def __init__(self, replica_id: int, pool: str, cost: CostModel, flags: EngineFlags, policies: Policies,
-                 cluster: "Cluster", *, fast_forward: bool = True, state: str = "up", kv_index: str = "auto") -> None:
+                 host: ReplicaHost, *, fast_forward: bool = True, state: str = "up", kv_index: str = "auto") -> None:
         self.replica_id = replica_id
         self.pool = pool
         self.state = state
@@ -90,13 +105,11 @@ class Replica:
         self.flags = flags
         self.sched = policies.scheduler
         self.cache_policy = policies.cache
-        self.cluster = cluster
+        self.host = host
         self.fast_forward = fast_forward
         bs = flags.block_size
         host_blocks = int(flags.host_kv_gib * (1 << 30) // (cost.model.kv_bytes_per_token * bs)) if flags.host_kv_gib else 0
-        cache_cls = type(policies.cache)
-        plain = (not policies.cache.reorders_eviction and not host_blocks
-                 and cache_cls.on_finish is CachePolicy.on_finish and cache_cls.on_tick is CachePolicy.on_tick)
+        plain = policies.cache.plain_lru and not host_blocks
         self.kv_pool: KVCache | ExtentKVCache
         if plain and kv_index != "blocks":
             # No cache action can ever reach this pool: the extent-based pool gives the same results faster.
@@ -106,9 +119,6 @@ class Replica:
             if policies.cache.reorders_eviction:
                 self.kv_pool.ranker = self._rank_eviction
         self.waiting = self.sched.new_queue()
-        attach = getattr(self.waiting, "attach", None)
-        if attach is not None:  # queues ordered by this replica's cache state (SGLang's lpm) read its KV view
-            attach(self)
         self.running: list[SimRequest] = []
         self.background: list[SimRequest] = []
         self.inflight: dict[SimRequest, int] = {}
@@ -118,6 +128,7 @@ class Replica:
         self.version = 0
         self.seg: Segment | None = None
         self.kv_view = ReplicaKV(self)
+        self.waiting.attach(self)  # queues ordered by this replica's cache state (SGLang's lpm) read its KV view
         self.watermark_blocks = int(flags.watermark * self.kv_pool.total_blocks)
         self.max_model_len = cost.model.max_model_len
         # Counters for the summary.
@@ -127,14 +138,6 @@ class Replica:
         self.preemptions = 0
         self.busy_fs = 0
         self.check_invariants = False
-        self.admitted_now = 0
-        self.preempted_now = False
-        self.tokens_now = 0
-        self.pairs_now = 0
-        self.kv_read_now = 0
-        self.sampled_now = 0
-        self.loaded_now = 0
-        self.blocked_now = False
 
     # ------------------------------------------------------------------ views (ReplicaView)
 
@@ -176,7 +179,7 @@ class Replica:
             req.fronted = True
             done = max(self.front_free_fs, now) + cost.request_service_fs
             self.front_free_fs = done
-            self.cluster.events.push(done + cost.request_in_fs, FRONT, self.replica_id, req.call_id, (req, self))
+            self.host.schedule_front(done + cost.request_in_fs, req, self)
             return
         req.fronted = True
         req.arrival_fs = now
@@ -220,22 +223,22 @@ class Replica:
         self._boundary(now)
 
     def _boundary(self, now: int) -> None:
-        cost = self._schedule(now)
-        if cost is None:
+        it = self._schedule(now)
+        if it is None:
             self.busy = False
             self.inflight = {}
             return
         self.busy = True
         self.iterations += 1
-        seg = self._plan(now) if self.fast_forward else None
+        seg = plan(self, now, it) if self.fast_forward else None
         self.version += 1
         if seg is not None:
             self.seg = seg
             self.end_fs = now + seg.run.total(seg.k)
         else:
-            self.end_fs = now + cost
+            self.end_fs = now + it.cost_fs
         self.busy_fs += self.end_fs - now
-        self.cluster.push_step(self, self.end_fs, self.version)
+        self.host.schedule_step(self, self.end_fs, self.version)
 
     def _apply(self, now: int) -> None:
         """Apply the results of the iteration that just ended."""
@@ -263,7 +266,7 @@ class Replica:
                 self.kv_pool.free(req)
             for req in finished:
                 if not req.background:
-                    self.cluster.on_request_finished(self, req, now)
+                    self.host.call_finished(self, req, now)
         if self.check_invariants:
             self.kv_pool.check()
 
@@ -290,8 +293,8 @@ class Replica:
         self.preemptions += 1
         self.waiting.prepend(victim)
 
-    def _schedule(self, now: int) -> int | None:
-        """One call of the scheduler: fills ``self.inflight``; returns the iteration cost or ``None`` if idle."""
+    def _schedule(self, now: int) -> Iteration | None:
+        """One call of the scheduler: the iteration it starts (also left in ``self.inflight``), or ``None`` if idle."""
         flags, kv, bs = self.flags, self.kv_pool, self.kv_pool.block_size
         budget = flags.max_num_batched_tokens
         threshold = flags.long_prefill_token_threshold
@@ -301,8 +304,8 @@ class Replica:
             threshold = 0  # nobody to starve (as vLLM)
         sched: dict[SimRequest, int] = {}
         preempted = False
-        # The batch's cost terms, summed as calls are scheduled (see costmodel).
-        tokens = pairs = kv_read = sampled = 0
+        shape = BatchShape()  # the batch's cost terms, summed as calls are scheduled
+        add = shape.add
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
@@ -312,10 +315,7 @@ class Replica:
                 # A decode step inside a block: no new block, no newly full block.
                 sched[req] = 1
                 budget -= 1
-                tokens += 1
-                pairs += c + 1
-                kv_read += c + 1
-                sampled += 1
+                add(1, c, True)
                 req.computed_tokens += 1
                 i += 1
                 continue
@@ -337,11 +337,7 @@ class Replica:
                 if restored is not None:
                     budget += restored
                     cv = victim.num_computed_tokens
-                    tokens -= restored
-                    pairs -= restored * cv + restored * (restored + 1) // 2
-                    kv_read -= cv + restored
-                    if cv + restored >= victim.prompt_tokens + victim.num_output_tokens:
-                        sampled -= 1
+                    shape.remove(restored, cv, cv + restored >= victim.prompt_tokens + victim.num_output_tokens)
                     victim.computed_tokens -= restored
                 self._preempt(victim, now)
                 preempted = True
@@ -352,14 +348,10 @@ class Replica:
                 break
             sched[req] = n_new
             budget -= n_new
-            tokens += n_new
-            pairs += n_new * c + n_new * (n_new + 1) // 2
-            kv_read += c + n_new
-            if c + n_new >= req.prompt_tokens + req.num_output_tokens:
-                sampled += 1
+            add(n_new, c, c + n_new >= req.prompt_tokens + req.num_output_tokens)
             req.computed_tokens += n_new
             i += 1
-        self.admitted_now = 0
+        admitted = 0
         load_tokens = 0
         if not preempted and self.waiting:
             if self.sched.dynamic:
@@ -405,16 +397,11 @@ class Replica:
                 running.append(req)
                 sched[req] = n_new
                 budget -= n_new
-                tokens += n_new
-                pairs += n_new * hit + n_new * (n_new + 1) // 2
-                kv_read += hit + n_new
-                if hit + n_new >= nt:
-                    sampled += 1
+                add(n_new, hit, hit + n_new >= nt)
                 req.computed_tokens += n_new
-                self.admitted_now += 1
-        self.preempted_now = preempted
+                admitted += 1
         # The admission loop stopped on blocks (not budget, queue or max_num_seqs) with a call still waiting.
-        self.blocked_now = budget > 0 and bool(self.waiting) and len(running) < flags.max_num_seqs
+        blocked = budget > 0 and bool(self.waiting) and len(running) < flags.max_num_seqs
         if budget > 0 and self.background and not self.waiting and not preempted:
             for req in self.background:
                 if budget <= 0:
@@ -432,26 +419,17 @@ class Replica:
                     if self._alloc(req, n_new):
                         sched[req] = n_new
                         budget -= n_new
-                        tokens += n_new
-                        pairs += n_new * c + n_new * (n_new + 1) // 2
-                        kv_read += c + n_new
-                        if c + n_new >= req.num_tokens:
-                            sampled += 1
+                        add(n_new, c, c + n_new >= req.num_tokens)
                         req.computed_tokens += n_new
         self.inflight = sched
         if not sched:
             return None
-        self.tokens_now, self.pairs_now, self.kv_read_now, self.sampled_now = tokens, pairs, kv_read, sampled
-        cost = self.cost.iteration_fs(tokens, len(sched), sampled, pairs, kv_read)
-        self.loaded_now = load_tokens
+        cost = self.cost.batch_fs(shape)
         if load_tokens:
             cost += load_tokens * self.cost.pcie_fs_per_token
-        return cost
+        return Iteration(sched, shape, cost, preempted, blocked, load_tokens, admitted)
 
     # ------------------------------------------------------------------ fast-forward
-
-    def _plan(self, now: int) -> Segment | None:
-        return plan(self, now)
 
     def _materialize(self, seg: Segment, m: int) -> None:
         materialize(self, seg, m)
@@ -462,7 +440,7 @@ class Replica:
         if seg is None:
             return
         if now is None:
-            now = self.cluster.now
+            now = self.host.now
         m = seg.run.steps_within(now - seg.t0, seg.k - 1)
         self.seg = None
         self._materialize(seg, m)
@@ -471,7 +449,7 @@ class Replica:
         old_end = self.end_fs
         self.end_fs = seg.t0 + seg.run.total(m + 1)
         self.busy_fs += self.end_fs - old_end
-        self.cluster.push_step(self, self.end_fs, self.version)
+        self.host.schedule_step(self, self.end_fs, self.version)
 
     def peek_counts(self, now: int) -> tuple[int, int, int, int, int]:
         """(batch size, queue length, KV used, cached, free) at ``now`` without cutting a run."""
@@ -485,16 +463,8 @@ class Replica:
 
     # ------------------------------------------------------------------ cache policy hooks
 
-    def _rank_eviction(self, hashes: list[int], last_used: list[float]) -> list[int]:
-        class _B:
-            __slots__ = ("block_hash", "last_used_s")
-
-            def __init__(self, h: int, t: float) -> None:
-                self.block_hash, self.last_used_s = h, t
-
-        views = [_B(h, t) for h, t in zip(hashes, last_used)]
-        order = self.cache_policy.eviction_rank(views, self.cluster.now / FS_PER_S)
-        return [hashes[i] for i in order]
+    def _rank_eviction(self, hashes: list[int], last_used: list[float]) -> list[Any]:
+        return self.cache_policy.eviction_keys(hashes, last_used, self.host.now / FS_PER_S)
 
     def is_idle(self) -> bool:
         """No call running or waiting (a draining replica can stop)."""
@@ -515,4 +485,4 @@ class Replica:
         }
 
 
-__all__ = ["Replica", "ReplicaKV", "Segment"]
+__all__ = ["Iteration", "Replica", "ReplicaHost", "ReplicaKV", "Segment"]

@@ -6,20 +6,39 @@ stays waiting) and, if so, how many iterations run before a call finishes, a pre
 its last chunk or blocks run out. The run's total cost is closed-form
 (:class:`~pythia.sim.costmodel.IterationRun`). :func:`materialize` sets the state stepping
 would have after ``m`` of those iterations, with the schedule of the next one done. Both act
-on a :class:`~pythia.sim.engine.Replica` ``rep`` and read the figures its last schedule left.
+on a :class:`~pythia.sim.engine.Replica` ``rep``; :func:`plan` reads the :class:`Iteration` its
+last schedule returned.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pythia.sim.costmodel import FS_PER_S, IterationRun
+from pythia.sim.costmodel import FS_PER_S, BatchShape, IterationRun
 from pythia.sim.kvcache import KVCache
 from pythia.sim.kvextents import ExtentKVCache
 from pythia.sim.request import SimRequest
 
 if TYPE_CHECKING:
     from pythia.sim.engine import Replica
+
+
+class Iteration:
+    """What one schedule started: the tokens per call, the batch's cost terms and what stopped it.
+
+    ``batch`` maps each scheduled call to its new tokens; ``shape`` holds the cost model's
+    terms (:class:`~pythia.sim.costmodel.BatchShape`) and ``cost_fs`` the iteration's cost;
+    ``preempted`` (some call was preempted), ``blocked`` (admission stopped on KV blocks
+    with a call still waiting), ``loaded_tokens`` (tokens loaded from the host tier) and
+    ``admitted`` (calls admitted) say how the schedule ended. :func:`plan` reads it.
+    """
+
+    __slots__ = ("batch", "shape", "cost_fs", "preempted", "blocked", "loaded_tokens", "admitted")
+
+    def __init__(self, batch: dict[SimRequest, int], shape: BatchShape, cost_fs: int, preempted: bool,
+                 blocked: bool, loaded_tokens: int, admitted: int) -> None:
+        self.batch, self.shape, self.cost_fs = batch, shape, cost_fs
+        self.preempted, self.blocked, self.loaded_tokens, self.admitted = preempted, blocked, loaded_tokens, admitted
 
 
 class Segment:
@@ -50,7 +69,7 @@ class Segment:
         return n
 
 
-def plan(rep: "Replica", now: int) -> Segment | None:
+def plan(rep: "Replica", now: int, it: Iteration) -> Segment | None:
     """A fast-forward run if the batch just scheduled keeps its shape for at least two iterations.
 
     Every scheduled call must either decode (one token, the last known one) or take a
@@ -64,8 +83,8 @@ def plan(rep: "Replica", now: int) -> Segment | None:
     spent, ``max_num_seqs`` reached, or too few blocks, and blocks only get scarcer).
     That lasts until a call finishes, a prefill reaches its last chunk, or blocks run out.
     """
-    sched = rep.inflight
-    if rep.preempted_now or rep.loaded_now or not sched:
+    sched = it.batch
+    if it.preempted or it.loaded_tokens or not sched:
         return None
     if rep.background:
         return None
@@ -95,8 +114,8 @@ def plan(rep: "Replica", now: int) -> Segment | None:
     qs = list(sched.values())
     c0 = [r.num_computed_tokens for r in batch]
     b0 = [(c + q + bs - 1) // bs for c, q in zip(c0, qs)]
-    run = rep.cost.steady_run(rep.tokens_now, len(batch), rep.sampled_now, rep.pairs_now, dpairs,
-                               rep.kv_read_now, rep.tokens_now)
+    sh = it.shape
+    run = rep.cost.steady_run(sh.tokens, len(batch), sh.sampled, sh.pairs, dpairs, sh.kv_read, sh.tokens)
     seg = Segment(now, k, run, batch, c0, qs, b0, decode, kv)
     # A time-dependent eviction order must be asked at each iteration: stay within blank blocks then.
     avail = kv.blank if kv.ranker is not None else kv.available()
@@ -126,11 +145,11 @@ def plan(rep: "Replica", now: int) -> Segment | None:
             seg.k = k = lo + 1
             if k < 2:
                 return None
-    if not registers_fresh(rep, seg):
+    if not registers_fresh(rep, seg, it.blocked):
         return None
     return seg
 
-def registers_fresh(rep: "Replica", seg: Segment) -> bool:
+def registers_fresh(rep: "Replica", seg: Segment, blocked: bool) -> bool:
     """Whether the blocks the run registers are all new content (no sharing, which would change counts)."""
     kv, bs = rep.kv_pool, rep.kv_pool.block_size
     ranges = []
@@ -157,7 +176,7 @@ def registers_fresh(rep: "Replica", seg: Segment) -> bool:
             elif kv.any_resident(req, upto):
                 return False
             ranges.append((hl, lo, upto))
-    if rep.blocked_now and ranges:
+    if blocked and ranges:
         # The queue's head stays blocked unless its prefix hit grows: only if the run
         # registers the first block it misses (chained hashes: that very hash at that index).
         head = rep.waiting.peek()
@@ -218,4 +237,4 @@ def materialize(rep: "Replica", seg: Segment, m: int) -> None:
         kv.check()
 
 
-__all__ = ["Segment", "materialize", "plan", "registers_fresh"]
+__all__ = ["Iteration", "Segment", "materialize", "plan", "registers_fresh"]

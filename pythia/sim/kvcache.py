@@ -93,8 +93,9 @@ class KVCache(BlankAllocation):
         self.host_cap = host_blocks
         self.evictions = 0
         self.host_offloads = 0
-        # Optional simulator-only eviction order: f(hashes, last_used) -> hashes in eviction order.
-        self.ranker: Callable[[list[int], list[float]], list[int]] | None = None
+        # Optional simulator-only eviction order: f(hashes, last_used) -> one sort key per
+        # block (smaller evicted first), the cache policy's eviction_keys.
+        self.ranker: Callable[[list[int], list[float]], list[Any]] | None = None
         # A full re-rank sorts every evictable block; doing it on every eviction made
         # comparator policies quadratic. The order is refreshed at most once per interval of
         # simulated time; blocks freed in between join the back of the last order (LRU).
@@ -196,10 +197,11 @@ class KVCache(BlankAllocation):
                         host.popitem(last=False)
 
     def _reorder(self) -> None:
-        live = self.lru.in_order()
-        when = dict(live)
-        order = self.ranker([h for h, _ in live], [t for _, t in live])  # type: ignore[misc]
-        self.lru.replace_order([(h, when[h]) for h in order])
+        hashes, times = self.lru.live()
+        keys = self.ranker(hashes, times)  # type: ignore[misc]
+        # One stable sort by the policy's per-block keys: ties keep the current order.
+        order = sorted(range(len(hashes)), key=keys.__getitem__)
+        self.lru.replace_order([hashes[i] for i in order], [times[i] for i in order])
 
     def acquire(self, req: Holder, k: int) -> None:
         """Take a reference on the first ``k`` hashes of ``req``'s chain (its prefix-cache hit)."""

@@ -11,6 +11,8 @@ their run. Dead entries are compacted away when they outnumber the live ones.
 from __future__ import annotations
 
 from collections import deque
+from itertools import compress, repeat
+from operator import eq
 
 
 class EvictionQueue:
@@ -20,7 +22,8 @@ class EvictionQueue:
 
     def __init__(self) -> None:
         self.idx: dict[int, int] = {}
-        # Each run: [run id, hashes in eviction order, cursor, time freed (s)].
+        # Each run: [run id, hashes in eviction order, cursor, time freed (s), per-block times
+        # or None]. A run of freed blocks shares one time; a re-ranked order keeps each block's.
         self.runs: deque[list] = deque()
         self.next_id = 0
         self.entries = 0  # entries still stored in runs (live or dead)
@@ -37,7 +40,7 @@ class EvictionQueue:
             return
         rid = self.next_id
         self.next_id += 1
-        self.runs.append([rid, hashes, 0, now])
+        self.runs.append([rid, hashes, 0, now, None])
         self.idx.update(dict.fromkeys(hashes, rid))
         self.entries += len(hashes)
         if self.entries > 4 * len(self.idx) + 4096:
@@ -72,27 +75,41 @@ class EvictionQueue:
         deque(map(idx.__delitem__, out), maxlen=0)  # C-level loop
         return out
 
-    def in_order(self) -> list[tuple[int, float]]:
-        """Live blocks with their free times, oldest first."""
+    def live(self) -> tuple[list[int], list[float]]:
+        """Live blocks and their free times, oldest first."""
         idx = self.idx
-        return [(h, run[3]) for run in self.runs for h in run[1][run[2]:] if idx.get(h) == run[0]]
+        hs: list[int] = []
+        ts: list[float] = []
+        for rid, hashes, cur, t, times in self.runs:
+            seg = hashes[cur:]
+            mask = list(map(eq, map(idx.get, seg), repeat(rid)))  # C loops: still this run's
+            hs.extend(compress(seg, mask))
+            ts.extend(compress(times[cur:], mask) if times is not None else repeat(t, mask.count(True)))
+        return hs, ts
 
-    def replace_order(self, order: list[tuple[int, float]]) -> None:
-        """Rebuild with ``order`` (live blocks, first evicted first)."""
+    def replace_order(self, hashes: list[int], times: list[float]) -> None:
+        """Rebuild with live ``hashes`` (first evicted first), each with its free time."""
         self.idx.clear()
         self.runs.clear()
         self.entries = 0
-        for h, t in order:
-            self.add_run([h], t)
+        if hashes:
+            rid = self.next_id
+            self.next_id += 1
+            self.runs.append([rid, hashes, 0, 0.0, times])
+            self.idx.update(dict.fromkeys(hashes, rid))
+            self.entries = len(hashes)
 
     def _compact(self) -> None:
         idx = self.idx
         runs: deque[list] = deque()
         total = 0
         for run in self.runs:
-            live = [h for h in run[1][run[2]:] if idx.get(h) == run[0]]
+            rid, hashes, cur, t, times = run
+            seg = hashes[cur:]
+            mask = list(map(eq, map(idx.get, seg), repeat(rid)))
+            live = list(compress(seg, mask))
             if live:
-                runs.append([run[0], live, 0, run[3]])
+                runs.append([rid, live, 0, t, list(compress(times[cur:], mask)) if times is not None else None])
                 total += len(live)
         self.runs = runs
         self.entries = total

@@ -1,93 +1,22 @@
-"""Outputs of a run: ``calls.parquet``, ``jobs.parquet``, ``timeseries.parquet``, ``summary.json``.
+"""Outputs of a simulation: the shared results schema, kept here under its old import path.
 
-Files are written to a temporary name and renamed, so a reader never sees half a file.
-Parquet is written without wall-clock metadata: the same run gives the same bytes.
+The schema (column tuples, :func:`frame`, :func:`summarise`, the atomic writers) lives in
+:mod:`pythia.results`, since the replay client writes the same tables; new code imports it
+from there. This module re-exports it for code that still imports ``pythia.sim.metrics``
+(``benchmarks/sim_diff.py`` reads ``_clean``).
 """
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-TIMESERIES_COLUMNS = (
-    "t_s", "pool", "replica", "state", "batch_size", "queue_len", "kv_used_blocks", "kv_cached_blocks",
-    "kv_free_blocks", "replicas_up", "replicas_starting",
+from pythia.results import (  # noqa: F401  (re-exports)
+    CALL_COLUMNS,
+    JOB_COLUMNS,
+    TIMESERIES_COLUMNS,
+    _clean,
+    frame,
+    summarise,
+    write_json,
+    write_parquet,
 )
 
-
-def frame(rows: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> pd.DataFrame:
-    """A data frame of ``rows`` (possibly none) with ``columns``."""
-    return pd.DataFrame.from_records(list(rows), columns=list(columns))
-
-
-def write_parquet(df: pd.DataFrame, path: Path) -> None:
-    """Write ``df`` atomically and deterministically."""
-    tmp = path.with_name(path.name + ".tmp")
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata(None)  # no pandas metadata: identical bytes for identical frames
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
-
-
-def write_json(obj: Any, path: Path) -> None:
-    """Write JSON atomically (NaN becomes null)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _clean(obj.item())
-    return obj
-
-
-def summarise(calls: pd.DataFrame, jobs: pd.DataFrame, *, jobs_submitted: int, simulated_s: float,
-              wall_s: float) -> dict[str, Any]:
-    """The headline figures of a run."""
-    done = calls[calls["status"] == "finished"] if len(calls) else calls
-    completed = jobs[jobs["completed"]] if len(jobs) else jobs
-    jct = completed["jct_s"].to_numpy(dtype=float) if len(completed) else np.empty(0)
-    prompt = float(done["prompt_tokens"].sum()) if len(done) else 0.0
-    out_tokens = float(done["output_tokens"].sum()) if len(done) else 0.0
-
-    def pct(a: np.ndarray, q: float) -> float:
-        return float(np.percentile(a, q)) if len(a) else float("nan")
-
-    def col_mean(name: str) -> float:
-        v = done[name].to_numpy(dtype=float) if len(done) else np.empty(0)
-        v = v[~np.isnan(v)]
-        return float(v.mean()) if len(v) else float("nan")
-
-    return {
-        "jobs_submitted": jobs_submitted,
-        "jobs_completed": int(len(completed)),
-        "calls_submitted": int(len(calls)),
-        "calls_completed": int(len(done)),
-        "mean_jct_s": float(jct.mean()) if len(jct) else float("nan"),
-        "p50_jct_s": pct(jct, 50),
-        "p95_jct_s": pct(jct, 95),
-        "p99_jct_s": pct(jct, 99),
-        "mean_ttft_s": col_mean("ttft_s"),
-        "mean_tpot_s": col_mean("tpot_s"),
-        "mean_queue_s": col_mean("queue_s"),
-        "output_tokens_per_s": out_tokens / simulated_s if simulated_s > 0 else float("nan"),
-        "prefix_hit_rate": float(done["cached_tokens"].sum()) / prompt if prompt else float("nan"),
-        "preemptions": int(done["preemptions"].sum()) if len(done) else 0,
-        "simulated_s": simulated_s,
-        "wall_s": wall_s,
-        "speedup": simulated_s / wall_s if wall_s > 0 else float("nan"),
-    }
+__all__ = ["CALL_COLUMNS", "JOB_COLUMNS", "TIMESERIES_COLUMNS", "frame", "summarise", "write_json", "write_parquet"]

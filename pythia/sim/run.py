@@ -15,12 +15,12 @@ import pandas as pd
 from pythia.errors import PythiaInputError
 from pythia.policy.base import Policies
 from pythia.policy.systems import System, load_system
+from pythia.results import CALL_COLUMNS, JOB_COLUMNS, TIMESERIES_COLUMNS, frame, summarise, write_json, write_parquet
 from pythia.sim.cluster import Cluster
 from pythia.sim.config import ClusterConfig, SimOptions, load_cluster
 from pythia.sim.costmodel import FS_PER_S, gpu_spec
 from pythia.sim.events import FRONT, ISSUE, JOB, READY, STEP, TICK, EventQueue
-from pythia.sim.metrics import TIMESERIES_COLUMNS, frame, summarise, write_json, write_parquet
-from pythia.sim.runtime import CALL_COLUMNS, JOB_COLUMNS, Runtime
+from pythia.sim.runtime import Runtime
 from pythia.workflow.trace import Trace
 
 TICK_SAMPLE, TICK_SCALE, TICK_CACHE = 0, 1, 2
@@ -46,8 +46,7 @@ class Simulation:
         self.system, self.trace, self.options = system, trace, options
         self.policies = policies if policies is not None else system.build()
         for i, p in enumerate((self.policies.scheduler, self.policies.cache, self.policies.router, self.policies.autoscaler)):
-            if hasattr(p, "set_rng"):  # one seeded generator per component
-                p.set_rng(np.random.default_rng([options.seed, 0x5137, i]))
+            p.set_rng(np.random.default_rng([options.seed, 0x5137, i]))  # one seeded generator per component
         self.events = EventQueue()
         flags = system.engine
         multiple = int(gpu_spec(cluster_config.gpu).get("kv_block_multiple", 1))
@@ -62,6 +61,7 @@ class Simulation:
             for c in job.calls:
                 self.cluster.pool_for(c.model)
         self.runtime = Runtime(trace, self.cluster, self.events)
+        self.cluster.connect(self.runtime)
         self.ts_rows: list[tuple[Any, ...]] = []
         self.stalled = False
 
@@ -87,7 +87,7 @@ class Simulation:
         scaler = self.policies.autoscaler
         if scaler.enabled:
             ev.push(0, TICK, TICK_SCALE)
-        if cluster.cache_ticks:
+        if cluster.cache_acts:
             ev.push(0, TICK, TICK_CACHE)
         max_fs = round(opts.max_sim_s * FS_PER_S) if opts.max_sim_s else None
         show = opts.progress if opts.progress is not None else (n_jobs >= PROGRESS_MIN_JOBS and sys.stderr.isatty())

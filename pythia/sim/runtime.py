@@ -18,36 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from pythia.sim.cluster import Cluster, Pool
+from pythia.sim.cluster import Cluster
 from pythia.sim.costmodel import FS_PER_S
 from pythia.sim.events import FRONT, ISSUE, JOB, EventQueue
-from pythia.sim.engine import Replica
 from pythia.sim.request import SimRequest
 from pythia.workflow.blocks import sequence_hashes, sequence_hashes_many
+from pythia.workflow.clamp import clamp_lengths, cut_segments
 from pythia.workflow.trace import Call, Job, Trace, segments
 
-CLAMP_OUTPUT_SHARE = 8  # a clamped call keeps at most context // 8 output tokens
 HASH_AHEAD_BLOCKS = 1 << 17  # blocks of upcoming calls hashed together
-
-
-def cut_segments(segs: np.ndarray, tokens: int) -> np.ndarray:
-    """The first ``tokens`` tokens of a segment list."""
-    if tokens <= 0:
-        return segments([])
-    ends = np.cumsum(segs[:, 2])
-    n = int(np.searchsorted(ends, tokens, side="left")) + 1
-    out = segs[:n].copy()
-    out[-1, 2] -= int(ends[n - 1]) - tokens
-    return out
-
-
-def clamp_lengths(prompt: int, output: int, context: int) -> tuple[int, int]:
-    """Prompt and output lengths that fit ``context`` (unchanged when they already fit)."""
-    output = max(1, output)
-    if prompt + output <= context:
-        return prompt, output
-    out = min(output, max(1, context // CLAMP_OUTPUT_SHARE))
-    return min(prompt, context - out), out
 
 
 @dataclass
@@ -73,7 +52,6 @@ class Runtime:
         self.trace = trace
         self.cluster = cluster
         self.events = events
-        cluster.runtime = self
         self.block_size = cluster.flags.block_size
         arrival = trace.arrival or {}
         self.closed = arrival.get("process") == "closed"
@@ -292,17 +270,6 @@ class Runtime:
             req.prompt_tokens, req.output_tokens, req.cached_tokens, req.computed_tokens, req.num_preemptions, status,
         ))
 
-    def background_request(self, segs: np.ndarray, replica: Replica, now: int) -> SimRequest | None:
-        """A background prefill of ``segs`` (a precompute action), or ``None`` if it is too long."""
-        n = int(segs[:, 2].sum()) if len(segs) else 0
-        if n < self.block_size or -(-n // self.block_size) > replica.kv_pool.total_blocks // 2:
-            return None
-        req = SimRequest(-1, job_id="", workflow_type="", workflow_id="", agent_role="precompute", agent_id="",
-                         call_id=-1, model="", prompt_tokens=n, output_tokens=0,
-                         block_hashes=sequence_hashes(segs, segments([]), self.block_size), issue_fs=now,
-                         background=True)
-        return req
-
     def unfinished(self, now: int) -> list[dict[str, Any]]:
         """Rows and reasons for calls still in flight when the run stops."""
         out = []
@@ -314,14 +281,3 @@ class Runtime:
             self._row(req, pool_name=self.cluster.pool_for(req.model).name, status="unfinished")
             st.failed = True
         return out
-
-
-CALL_COLUMNS = (
-    "job_id", "call_id", "agent_role", "agent_id", "workflow_type", "model", "pool", "replica", "issue_s",
-    "arrival_s", "queue_s", "ttft_s", "tpot_s", "finish_s", "latency_s", "prompt_tokens", "output_tokens",
-    "cached_tokens", "computed_tokens", "preemptions", "status",
-)
-JOB_COLUMNS = (
-    "job_id", "workflow_type", "workflow_id", "start_s", "end_s", "jct_s", "calls", "calls_completed",
-    "completed", "critical_path_calls", "critical_path_gap_s",
-)

@@ -3,6 +3,7 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.json")
@@ -81,6 +82,17 @@ REAL_PAIRS = [
 def _workload_files(w):
     path = Path(experiment_workload(w.experiment))
     return sorted(str(p) for p in path.iterdir() if p.is_file()) if path.is_dir() else [str(path)]
+
+
+def _system_files(w):
+    """The system's file and those it extends, so that editing a parent reruns its variants."""
+    files, name = [], w.system
+    while name and f"baselines/{name}.yaml" not in files:
+        files.append(f"baselines/{name}.yaml")
+        if not Path(files[-1]).is_file():
+            break
+        name = (yaml.safe_load(Path(files[-1]).read_text()) or {}).get("extends")
+    return files
 
 
 def _load_args(w):

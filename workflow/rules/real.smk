@@ -7,7 +7,7 @@
 rule real_run:
     input:
         workload=_workload_files,
-        system="baselines/{system}.yaml",
+        system=_system_files,
     output:
         summary=f"{REAL_DIR}/{{experiment}}/{{system}}/{{load}}/seed{{seed}}/summary.json",
         calls=f"{REAL_DIR}/{{experiment}}/{{system}}/{{load}}/seed{{seed}}/calls.parquet",

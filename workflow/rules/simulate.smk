@@ -4,7 +4,7 @@
 rule sim_run:
     input:
         workload=_workload_files,
-        system="baselines/{system}.yaml",
+        system=_system_files,
     output:
         summary="results/runs/{experiment}/{system}/{load}/seed{seed}/summary.json",
         calls="results/runs/{experiment}/{system}/{load}/seed{seed}/calls.parquet",
