@@ -38,8 +38,8 @@ CELLS: dict[str, tuple[str, int, int, int, str | None, bool]] = {
     "deep-research-c32": ("workloads/deep-research.yaml", 32, 32, 3, None, False),
     "claude-code-c6": ("{traces}/claude-code", 6, 6, 0, "long-context", True),
 }
-# Summary keys that measure the machine or how the result was computed, not the simulation.
-WALL_KEYS = ("wall_s", "speedup", "fast_forwarded_iterations", "fast_forwarded_prefill_iterations")
+# Summary keys that measure the machine or say how the result was computed, not the simulation.
+WALL_KEYS = ("wall_s", "speedup", "fast_forward", "fast_forwarded_iterations", "fast_forwarded_prefill_iterations")
 
 
 def traces_dir() -> Path:

@@ -22,7 +22,8 @@ and returns its own), which vLLM only does for the next request.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from itertools import takewhile
+from itertools import compress, repeat, takewhile
+from operator import eq, not_, sub
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
@@ -172,6 +173,24 @@ class KVCache(BlankAllocation):
         if self.ranker is not None and n > len(self.front) and self.now_s - self._ranked_at >= self.rank_interval_s:
             self._reorder()
             self._ranked_at = self.now_s
+        if n == 1:  # one block for one (a decode step, a prefetched block): no list work
+            h = self.front.popitem(False)[0] if self.front else self.lru.pop_one()
+            if h is None:
+                raise RuntimeError("KV cache asked to evict 1 block more than it has")
+            del self.ref[h]
+            self.chains.remove([h])
+            self.blank += 1
+            self.evictions += 1
+            if self.host_cap > 0:
+                host = self.host
+                if h in host:
+                    host.move_to_end(h)
+                else:
+                    host[h] = None
+                    self.host_offloads += 1
+                    if len(host) > self.host_cap:
+                        host.popitem(last=False)
+            return
         evicted: list[int] = []
         k = min(n, len(self.front))
         if k:
@@ -260,8 +279,10 @@ class KVCache(BlankAllocation):
             if refs.count(1) == len(refs):  # nobody else holds them (the common case): all in C
                 freed = held
             else:  # shared blocks stay held by the others; the rest become evictable in order
-                freed = [h for h, r in zip(held, refs) if r == 1]
-                ref.update([(h, r - 1) for h, r in zip(held, refs) if r > 1])
+                last = list(map(eq, refs, repeat(1)))  # C loops throughout
+                freed = list(compress(held, last))
+                shared = list(map(not_, last))
+                ref.update(zip(compress(held, shared), map(sub, compress(refs, shared), repeat(1))))
             ref.update(dict.fromkeys(freed, 0))
             lru.add_run(freed, now)
         self.blank += req.kv_priv

@@ -75,6 +75,26 @@ class EvictionQueue:
         deque(map(idx.__delitem__, out), maxlen=0)  # C-level loop
         return out
 
+    def pop_one(self) -> int | None:
+        """Remove and return the oldest block (``None`` if there is none): ``pop_oldest(1)``."""
+        idx, runs = self.idx, self.runs
+        while runs:
+            run = runs[0]
+            rid, hashes, cur = run[0], run[1], run[2]
+            end = len(hashes)
+            while cur < end:
+                h = hashes[cur]
+                cur += 1
+                self.entries -= 1
+                if idx.get(h) == rid:
+                    run[2] = cur
+                    if cur >= end:
+                        runs.popleft()
+                    del idx[h]
+                    return h
+            runs.popleft()
+        return None
+
     def live(self) -> tuple[list[int], list[float]]:
         """Live blocks and their free times, oldest first."""
         idx = self.idx
