@@ -160,8 +160,10 @@ class TemplateCounts:
             if e is None:
                 self.key_jobs[k] = (frozenset((job.job_id,)), self.serial)
             elif len(e[0]) < self.fixed_min_jobs and job.job_id not in e[0]:
-                self.key_jobs[k] = (e[0] | {job.job_id}, self.serial)
-                self._fixed = None
+                ids = e[0] | {job.job_id}
+                self.key_jobs[k] = (ids, self.serial)
+                if len(ids) >= self.fixed_min_jobs:  # only then does the fixed set change
+                    self._fixed = None
             else:
                 self.key_jobs[k] = (e[0], self.serial)
         if len(self.key_jobs) > _KEY_PRUNE_AT:
