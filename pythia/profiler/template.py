@@ -155,6 +155,7 @@ class TemplateCounts:
                 continue
             seen_agents.add(a)
             keys.update(int(k) for k in c.prompt[: self.head_segments, 0].tolist())
+        crossed: list[int] = []
         for k in keys:
             e = self.key_jobs.get(k)
             if e is None:
@@ -163,9 +164,13 @@ class TemplateCounts:
                 ids = e[0] | {job.job_id}
                 self.key_jobs[k] = (ids, self.serial)
                 if len(ids) >= self.fixed_min_jobs:  # only then does the fixed set change
-                    self._fixed = None
+                    crossed.append(k)
             else:
                 self.key_jobs[k] = (e[0], self.serial)
+        if crossed and self._fixed is not None:
+            # Keys only ever join the fixed set (ids grow; pruning keeps fixed keys): a new set
+            # object with the keys that crossed, as a full recount would give.
+            self._fixed = self._fixed | frozenset(crossed)
         if len(self.key_jobs) > _KEY_PRUNE_AT:
             old = self.serial - _KEY_PRUNE_AGE
             self.key_jobs = {

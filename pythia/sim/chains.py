@@ -35,7 +35,9 @@ class ResidentChains:
     def __init__(self) -> None:
         self.parent: dict[int, int] = {}
         self.kids: dict[int, int] = {}  # parent -> one resident child
-        self.extra: dict[int, list[int]] = {}  # parent -> further resident children (branches)
+        # parent -> further resident children (branches; a shared system prompt may have
+        # thousands, so a dict: removing one costs O(1))
+        self.extra: dict[int, dict[int, None]] = {}
         self.broken: set[int] = set()
 
     # ------------------------------------------------------------------ queries
@@ -86,21 +88,21 @@ class ResidentChains:
         if p not in kids:
             kids[p] = h
         else:
-            self.extra.setdefault(p, []).append(h)
+            self.extra.setdefault(p, {})[h] = None
 
     def _drop_kid(self, p: int, h: int) -> None:
         kids, extra = self.kids, self.extra
         if kids.get(p) == h:
             more = extra.get(p)
             if more:
-                kids[p] = more.pop()
+                kids[p] = more.popitem()[0]
                 if not more:
                     del extra[p]
             else:
                 del kids[p]
         else:
             more = extra[p]
-            more.remove(h)
+            del more[h]
             if not more:
                 del extra[p]
 
