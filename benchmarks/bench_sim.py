@@ -208,10 +208,12 @@ def table(result: dict) -> str:
              "cell within one invocation (target <= 2.0); `x real` is simulated over wall time (target >= 1000).", ""]
     for label in labels:
         rev = result["labels"][label].get("code", "")
-        lines.append(f"- `{label}`: {rev}")
+        lines.append(f"- `{label}`: {rev} (the last invocation; each section names the code it measured)")
     cells = sorted({c for lab in labels for c in result["labels"][lab].get("cells", {})})
     for cell in cells:
-        lines += ["", f"## {cell}", "", "| system | " + " | ".join(f"{lab} wall s | {lab} / vllm | {lab} x real" for lab in labels) + " |",
+        codes = [f"`{lab}`: {result['labels'][lab]['cells'][cell].get('code', result['labels'][lab].get('code', ''))}"
+                 for lab in labels if cell in result["labels"][lab].get("cells", {})]
+        lines += ["", f"## {cell}", "", "Code: " + "; ".join(codes) + ".", "", "| system | " + " | ".join(f"{lab} wall s | {lab} / vllm | {lab} x real" for lab in labels) + " |",
                   "|---|" + "---:|" * (3 * len(labels))]
         names: list[str] = []
         for lab in labels:
@@ -231,7 +233,8 @@ def table(result: dict) -> str:
             lines.append("| " + " | ".join(row) + " |")
     mc = [(lab, result["labels"][lab]["mooncake"]) for lab in labels if "mooncake" in result["labels"][lab]]
     if mc:
-        lines += ["", "## Mooncake conversation trace, llama8b-x8, vllm", "",
+        codes = [f"`{lab}`: {m.get('code', result['labels'][lab].get('code', ''))}" for lab, m in mc]
+        lines += ["", "## Mooncake conversation trace, llama8b-x8, vllm", "", "Code: " + "; ".join(codes) + ".", "",
                   "| label | x real (fastest) | x real (median) | exponent vllm | exponent pythia | peak RSS at largest (MiB) |",
                   "|---|---:|---:|---:|---:|---:|"]
         for lab, m in mc:
@@ -259,7 +262,13 @@ def main() -> int:
     ap.add_argument("--skip-mooncake", action="store_true")
     ap.add_argument("--skip-scaling", action="store_true")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md table from the JSON")
     args = ap.parse_args()
+    if args.render:
+        text = table(json.loads(args.out.read_text()))
+        args.out.with_suffix(".md").write_text(text)
+        print(text)
+        return 0
     if args.one_cell:
         print(json.dumps(one_cell(args.one_cell, args.system)))
         return 0
@@ -291,9 +300,12 @@ def main() -> int:
         if not args.skip_cells:
             systems = [s for s in args.systems.split(",") if s] if args.systems else None
             entry["cells"] = run_cells(code_root, cells, systems, args.timeout)
+            for c in entry["cells"].values():
+                c["code"] = code
         if not args.skip_mooncake:
             sizes = None if args.skip_scaling else [int(x) for x in args.sizes.split(",")]
             entry["mooncake"] = run_mooncake(code_root, args.repeat, sizes, args.timeout)
+            entry["mooncake"]["code"] = code
     finally:
         if tmp is not None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "tree")], capture_output=True)
