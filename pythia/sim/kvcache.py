@@ -182,14 +182,7 @@ class KVCache(BlankAllocation):
             self.blank += 1
             self.evictions += 1
             if self.host_cap > 0:
-                host = self.host
-                if h in host:
-                    host.move_to_end(h)
-                else:
-                    host[h] = None
-                    self.host_offloads += 1
-                    if len(host) > self.host_cap:
-                        host.popitem(last=False)
+                self._write_back(h)
             return
         evicted: list[int] = []
         k = min(n, len(self.front))
@@ -205,15 +198,19 @@ class KVCache(BlankAllocation):
         self.blank += n
         self.evictions += n
         if self.host_cap > 0:  # write-back to host DRAM on eviction
-            host = self.host
             for h in evicted:
-                if h in host:
-                    host.move_to_end(h)
-                else:
-                    host[h] = None
-                    self.host_offloads += 1
-                    if len(host) > self.host_cap:
-                        host.popitem(last=False)
+                self._write_back(h)
+
+    def _write_back(self, h: int) -> None:
+        """An evicted block's copy in the host tier (LRU, bounded)."""
+        host = self.host
+        if h in host:
+            host.move_to_end(h)
+        else:
+            host[h] = None
+            self.host_offloads += 1
+            if len(host) > self.host_cap:
+                host.popitem(last=False)
 
     def _reorder(self) -> None:
         hashes, times = self.lru.live()
