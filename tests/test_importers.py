@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -304,18 +305,20 @@ def claude_sessions(draw: st.DrawFn) -> dict[str, Any]:
             for _ in range(draw(st.integers(1, 3))):
                 n_sub += 1
                 dur = draw(st.floats(0, 100))
-                entries.append(
-                    {
-                        "t": t + dur,
-                        "type": "subagent",
-                        "agent_id": f"agent_{n_sub:03d}",
-                        "subagent_type": draw(st.sampled_from(["Explore", "Plan"])),
-                        "duration_ms": dur * 1000,
-                        "requests": draw(_agent_requests(counter, "small")),
-                        "tool_tokens": draw(st.integers(0, 400)),
-                        "system_tokens": draw(st.integers(0, 200)),
-                    }
-                )
+                entry: dict[str, Any] = {
+                    "t": t + dur,
+                    "type": "subagent",
+                    "agent_id": f"agent_{n_sub:03d}",
+                    "subagent_type": draw(st.sampled_from(["Explore", "Plan"])),
+                    "duration_ms": dur * 1000,
+                    "requests": draw(_agent_requests(counter, "small")),
+                    "tool_tokens": draw(st.integers(0, 400)),
+                    "system_tokens": draw(st.integers(0, 200)),
+                }
+                if draw(st.booleans()):  # launched in the background: no totals
+                    entry.update(t=t, status="async_launched", duration_ms=None)
+                    entry.update(total_tokens=None, tool_use_count=None)
+                entries.append(entry)
         for r in draw(_agent_requests(counter, "big")):
             r["t"] += t
             entries.append(r)
@@ -401,6 +404,165 @@ def test_synthetic_import_is_deterministic(tmp_path: Path) -> None:
     path.write_text(json.dumps(_session(700, 100, 30)))
     runs = [json.dumps(claude_code.IMPORTER.load(path, LoadOptions()).jobs[0].to_json()) for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+# --------------------------------------------------------------------------- background sub-agents
+
+
+def _launch_session(background: bool) -> dict[str, Any]:
+    """A session shaped like ``trace_0274``: a main call, one Explore sub-agent, two more main calls.
+
+    The main agent's first call ends at 19 s. The sub-agent's requests are issued 1.5 s and 6 s
+    after it starts (at 19 s, as the launching call returns) and the second is served in 2 s,
+    so it ends at 27 s. In the background the record is the launch (null totals) and the main
+    agent goes on at 21 s; in the foreground the record is the completion and the main agent's
+    next request waits for it.
+    """
+
+    def req(t: float, model: str, ids: list[int], tail: int, out: int, api: float, think: float) -> dict[str, Any]:
+        return {
+            "t": t,
+            "type": "n",
+            "model": model,
+            "in": len(ids) * 64 + tail,
+            "out": out,
+            "hash_ids": ids,
+            "input_types": ["tool_result"],
+            "output_types": ["text", "tool_use"],
+            "stop": "tool_use",
+            "api_time": api,
+            "think_time": think,
+        }
+
+    big, small = "claude-opus-4-5-20251101", "claude-haiku-4-5-20251001"
+    main = list(range(1, 30))
+    sub = list(range(100, 120))
+    sub_agent: dict[str, Any] = {
+        "t": 19.2 if background else 27.0,
+        "type": "subagent",
+        "agent_id": "agent_001",
+        "subagent_type": "Explore",
+        "duration_ms": None if background else 8000,
+        "total_tokens": None if background else 2860,
+        "tool_use_count": None if background else 3,
+        "status": "async_launched" if background else "completed",
+        "models": [small],
+        "tool_tokens": 700,
+        "system_tokens": 200,
+        "requests": [
+            req(1.5, small, sub, 30, 120, 2.5, 0.0),
+            req(6.0, small, sub + [120, 121, 122], 10, 90, 2.0, 2.0),
+        ],
+    }
+    # In the foreground the next request's think_time spans the whole sub-agent.
+    t_next, think_next = (21.0, 2.0) if background else (30.0, 11.0)
+    return {
+        "id": "trace_bg",
+        "models": [big],
+        "block_size": 64,
+        "hash_id_scope": "local",
+        "tool_tokens": 900,
+        "system_tokens": 300,
+        "requests": [
+            req(0.0, big, main, 20, 400, 19.0, 0.0),
+            sub_agent,
+            req(t_next, big, main + [30, 31], 40, 300, 5.0, think_next),
+            req(40.0, big, main + [30, 31, 32, 33], 5, 200, 4.0, 14.0),
+        ],
+    }
+
+
+def _ancestors(job: Job, call_id: int) -> set[int]:
+    """Every call that ``call_id`` depends on, directly or through other calls."""
+    seen: set[int] = set()
+    todo = list(job.calls[call_id].deps)
+    while todo:
+        d = todo.pop()
+        if d not in seen:
+            seen.add(d)
+            todo.extend(job.calls[d].deps)
+    return seen
+
+
+def _load_launch(tmp_path: Path, background: bool) -> Job:
+    path = tmp_path / "trace_bg.json"
+    path.write_text(json.dumps(_launch_session(background)))
+    job = claude_code.IMPORTER.load(path, LoadOptions()).jobs[0]
+    _check_job(job)
+    return job
+
+
+def test_background_subagent_fans_out_without_join(tmp_path: Path) -> None:
+    job = _load_launch(tmp_path, background=True)
+    main = [c.call_id for c in job.calls if c.agent_id == "main"]
+    sub = [c.call_id for c in job.calls if c.agent_id == "agent_001"]
+    assert len(main) == 3 and len(sub) == 2 and job.calls[sub[0]].agent_role == "explore"
+    launch = main[0]
+    first = job.calls[sub[0]]
+    assert first.deps == (launch,) and first.parent == launch
+    assert all(launch in _ancestors(job, s) for s in sub)
+    # It starts as the launching call returns; its first request was issued 1.5 s later.
+    assert first.gap_s == 1.5
+    # The main agent did not wait: no later main call depends on the sub-agent's calls.
+    for m in main[1:]:
+        assert not _ancestors(job, m) & set(sub)
+    nxt = job.calls[main[1]]
+    assert nxt.deps == (launch,) and nxt.gap_s == 2.0  # its own think_time after the launch
+    # Nothing depends on the sub-agent's last call: the job ends when it ends, not before.
+    assert not any(sub[-1] in c.deps for c in job.calls)
+
+
+def test_foreground_subagent_is_still_joined(tmp_path: Path) -> None:
+    job = _load_launch(tmp_path, background=False)
+    main = [c.call_id for c in job.calls if c.agent_id == "main"]
+    sub = [c.call_id for c in job.calls if c.agent_id == "agent_001"]
+    first = job.calls[sub[0]]
+    assert first.deps == (main[0],) and first.parent == main[0] and first.gap_s == 1.5
+    nxt = job.calls[main[1]]
+    assert nxt.deps == (sub[-1],)  # the join
+    assert set(sub) <= _ancestors(job, main[1])
+    assert nxt.gap_s == pytest.approx(3.0)  # 30 s minus the sub-agent's end at 27 s
+
+
+def test_directory_with_a_background_session_loads(tmp_path: Path) -> None:
+    real = TRACES / "claude-code" / "trace_0274.json"
+    if not real.is_file():
+        pytest.skip(f"{real.name} not found")
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    shutil.copy(real, folder / real.name)
+    (folder / "trace_bg.json").write_text(json.dumps(_launch_session(background=True)))
+    trace = load_workload(folder)
+    assert [j.job_id for j in trace.jobs] == ["trace_0274", "trace_bg"]
+    assert trace.arrival == {"process": "closed", "concurrency": 2}
+    for job in trace.jobs:
+        _check_job(job)
+    bg = trace.jobs[1]
+    assert {c.agent_id for c in bg.calls} == {"main", "agent_001"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "field", "needle"),
+    [
+        ({"status": "running"}, "requests[1].status", "expected one of completed, async_launched"),
+        ({"status": None}, "requests[1].status", "expected one of completed, async_launched"),
+        # Null totals only with a background launch; a foreground sub-agent needs its duration.
+        ({"status": "completed"}, "requests[1].duration_ms", "finite number"),
+        ({"duration_ms": -5}, "requests[1].duration_ms", "negative"),
+        ({"total_tokens": "many"}, "requests[1].total_tokens", "non-negative integer"),
+        ({"tool_use_count": 2.5}, "requests[1].tool_use_count", "non-negative integer"),
+    ],
+    ids=["unknown status", "null status", "foreground null duration", "negative duration", "bad total", "bad count"],
+)
+def test_claude_code_bad_subagent_fields(tmp_path: Path, edit: dict[str, Any], field: str, needle: str) -> None:
+    doc = _launch_session(background=True)
+    doc["requests"][1].update(edit)
+    path = tmp_path / "trace_bg.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(PythiaInputError) as info:
+        claude_code.IMPORTER.load(path, LoadOptions())
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: ") and f"field {field} " in msg and needle in msg and "\n" not in msg
 
 
 # --------------------------------------------------------------------------- bad input

@@ -271,7 +271,7 @@ def test_empty_file_and_non_mapping(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(PythiaInputError, match="cannot read"):
+    with pytest.raises(PythiaInputError, match="no such workflow spec"):
         load_spec(tmp_path / "nope.yaml")
 
 

@@ -496,44 +496,12 @@ def parse_spec(
     )
 
 
-def _duplicate_key(node: yaml.Node, path: FieldPath, chk: _Checker) -> None:
-    """PyYAML keeps the last of two equal keys silently; a repeated step name is a mistake."""
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for k, v in node.value:
-            if isinstance(k, yaml.ScalarNode):
-                if k.value in seen:
-                    raise PythiaInputError(
-                        f"{chk.source}:{k.start_mark.line + 1}: {format_path((*path, k.value))}: the key appears twice"
-                    )
-                seen.add(k.value)
-                _duplicate_key(v, (*path, k.value), chk)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _duplicate_key(v, (*path, i), chk)
-
-
 def load_spec(path: str | Path) -> WorkflowSpec:
     """Read, validate and build the workflow spec in the YAML file ``path``."""
+    from pythia import inputs
+
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise PythiaInputError(f"{path}: cannot read the workflow spec ({e.strerror or e})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PythiaInputError(f"{path}: the workflow spec is not UTF-8 text") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None:
-            _duplicate_key(node, (), _Checker(str(path), node))
-        raw = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = e.problem or e.context or "invalid YAML"
-        raise PythiaInputError(f"{where}: YAML syntax error: {problem}") from None
-    except yaml.YAMLError as e:
-        raise PythiaInputError(f"{path}: YAML syntax error: {e}") from None
+    data = inputs.read_bytes(path, "workflow spec")
+    doc = inputs.parse_yaml(inputs.decode_text(data, str(path), "workflow spec"), str(path))
+    raw, node = doc.value, doc.node
     return parse_spec(raw, str(path), sha256=hashlib.sha256(data).hexdigest(), node=node)

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from pythia.errors import PythiaInputError
+from pythia.workflow import arrivals
 from pythia.workflow.hashing import stable_key
 
 FORMAT_VERSION = 1
@@ -251,6 +252,9 @@ def describe_schema_error(error: Any) -> str:
 
 
 def _check_schema(obj: Any, kind: str, where: str) -> None:
+    if not isinstance(obj, dict):
+        what = "header" if kind == "header" else "job"
+        raise PythiaInputError(f"{where}: a {what} line must be a JSON object, not {type(obj).__name__}")
     errors = sorted(_validator(kind).iter_errors(obj), key=lambda e: list(e.absolute_path))
     if errors:
         raise PythiaInputError(f"{where}: {describe_schema_error(errors[0])}")
@@ -363,30 +367,38 @@ def write_trace(trace: Trace, path: str | Path) -> None:
 
 def read_trace(path: str | Path) -> Trace:
     """Read and validate a canonical trace file."""
+    from pythia import inputs
+
     path = Path(path)
     jobs: list[Job] = []
     ids: set[str] = set()
-    with _open_text(path, "r") as fh:
-        header_line = fh.readline()
-        try:
-            header = json.loads(header_line)
-        except json.JSONDecodeError as e:
-            raise PythiaInputError(f"{path}:1: the header line is not valid JSON ({e.msg})") from None
-        _check_schema(header, "header", f"{path}:1")
-        if header["pythia_trace"] != FORMAT_VERSION:
+    lines = inputs.iter_lines(path, "trace")
+    first = next(lines, None)
+    if first is None:
+        raise PythiaInputError(f"{path}: the trace is empty; line 1 must be a pythia_trace header")
+    header = inputs.parse_json(first[1], f"{path}:1")
+    _check_schema(header, "header", f"{path}:1")
+    if header["pythia_trace"] != FORMAT_VERSION:
+        raise PythiaInputError(
+            f"{path}:1: field pythia_trace is {header['pythia_trace']}, this Pythia reads version {FORMAT_VERSION}"
+        )
+    try:
+        arrival = arrivals.normalise(header["arrival"])
+    except PythiaInputError as e:
+        raise PythiaInputError(f"{path}:1: {e}") from None
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        job = job_from_json(inputs.parse_json(line, f"{path}:{lineno}"), f"{path}:{lineno}")
+        if job.job_id in ids:
+            raise PythiaInputError(f"{path}:{lineno}: field job_id {job.job_id!r} repeats an earlier job")
+        if arrival["process"] != "closed" and job.arrival_s is None:
             raise PythiaInputError(
-                f"{path}:1: field pythia_trace is {header['pythia_trace']}, this Pythia reads version {FORMAT_VERSION}"
+                f"{path}:{lineno}: field arrival_s is missing, but the header's arrival process "
+                f"{arrival['process']!r} releases jobs at their arrival times"
             )
-        for lineno, line in enumerate(fh, start=2):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PythiaInputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            job = job_from_json(obj, f"{path}:{lineno}")
-            if job.job_id in ids:
-                raise PythiaInputError(f"{path}:{lineno}: field job_id {job.job_id!r} repeats an earlier job")
-            ids.add(job.job_id)
-            jobs.append(job)
+        ids.add(job.job_id)
+        jobs.append(job)
+    if not jobs:
+        raise PythiaInputError(f"{path}: the trace holds a header but no jobs")
     return Trace(jobs=jobs, arrival=header["arrival"], meta=header.get("meta", {}))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
 import numpy as np
 
 from pythia.errors import PythiaInputError
+from pythia.inputs import MAX_SECONDS, MAX_TOKENS
 
 if TYPE_CHECKING:  # load.py imports this package lazily; avoid the cycle at run time
     from pythia.workflow.load import LoadOptions
@@ -117,31 +118,41 @@ def _get(obj: dict[str, Any], key: str, where: str, field: str) -> Any:
     return obj[key]
 
 
-def need_int(obj: dict[str, Any], key: str, where: str, field: str | None = None) -> int:
-    """``obj[key]`` as a non-negative integer, or an error naming the field (``field``, default ``key``)."""
+def need_int(
+    obj: dict[str, Any], key: str, where: str, field: str | None = None, *, maximum: int = MAX_TOKENS
+) -> int:
+    """``obj[key]`` as an integer in ``0..maximum`` (a token count by default), or an error naming the field."""
     field = field or key
     value = _get(obj, key, where, field)
     if isinstance(value, bool) or not isinstance(value, int):
         fail(where, f"field {field} must be a non-negative integer, not {_kind(value)} {value!r}")
     if value < 0:
         fail(where, f"field {field} is {value}, a negative length")
+    if value > maximum:
+        fail(where, f"field {field} is {value}, above the largest the simulator represents ({maximum:,})")
     return value
 
 
-def need_number(obj: dict[str, Any], key: str, where: str, field: str | None = None) -> float:
-    """``obj[key]`` as a finite non-negative float, or an error naming the field."""
+def need_number(
+    obj: dict[str, Any], key: str, where: str, field: str | None = None, *, maximum: float = MAX_SECONDS
+) -> float:
+    """``obj[key]`` as a finite float in ``0..maximum`` (seconds by default), or an error naming the field."""
     field = field or key
     value = _get(obj, key, where, field)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         fail(where, f"field {field} must be a finite number, not {_kind(value)} {value!r}")
     if value < 0:
         fail(where, f"field {field} is {value}, a negative time")
+    if value > maximum:
+        fail(where, f"field {field} is {value}, above the largest the simulator represents ({maximum:g})")
     return float(value)
 
 
-def opt_number(obj: dict[str, Any], key: str, where: str, field: str | None = None) -> float | None:
+def opt_number(
+    obj: dict[str, Any], key: str, where: str, field: str | None = None, *, maximum: float = MAX_SECONDS
+) -> float | None:
     """Like :func:`need_number`, but ``None`` when the field is absent or null."""
-    return None if obj.get(key) is None else need_number(obj, key, where, field)
+    return None if obj.get(key) is None else need_number(obj, key, where, field, maximum=maximum)
 
 
 def need_str(obj: dict[str, Any], key: str, where: str, field: str | None = None) -> str:

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pythia import inputs
 from pythia.errors import PythiaInputError
+from pythia.inputs import MAX_TOKENS
 from pythia.workflow.hashing import mix_array, stable_key
-from pythia.workflow.importers import fail, read_error, read_head
+from pythia.workflow.importers import fail, read_head
 from pythia.workflow.trace import Call, Job, Trace, segments
 
 if TYPE_CHECKING:
@@ -54,6 +56,8 @@ def _count(text: str, where: str, column: str) -> int:
         if value.startswith("-") and value[1:].isdigit():
             fail(where, f"column {column} is {value}, a negative length")
         fail(where, f"column {column} must be a non-negative integer, not {text!r}")
+    if len(value) > 9 or int(value) > MAX_TOKENS:
+        fail(where, f"column {column} is {value}, above the largest length the simulator represents ({MAX_TOKENS:,})")
     return int(value)
 
 
@@ -79,34 +83,32 @@ class AzureImporter:
         times: list[int] = []
         sizes: list[tuple[int, int]] = []
         lines: list[int] = []
+        # The stream is opened, decompressed and decoded by pythia.inputs.
+        reader = csv.reader(line for _, line in inputs.iter_lines(path, "Azure trace"))
         try:
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                reader = csv.reader(fh)
-                try:
-                    header = [c.strip() for c in next(reader)]
-                except StopIteration:
-                    fail(f"{path}:1", "the file is empty; expected the header " + ",".join(COLUMNS))
-                missing = [c for c in COLUMNS if c not in header]
-                if missing:
-                    fail(f"{path}:1", f"the header has no column {missing[0]} (expected {','.join(COLUMNS)})")
-                col = [header.index(c) for c in COLUMNS]
-                width = len(header)
-                for row in reader:
-                    where = f"{path}:{reader.line_num}"
-                    if not row or not any(x.strip() for x in row):
-                        continue
-                    if len(row) != width:
-                        fail(where, f"the row has {len(row)} fields but the header has {width}")
-                    ns = parse_timestamp_ns(row[col[0]])
-                    if ns is None:
-                        fail(where, f"column TIMESTAMP {row[col[0]]!r} is not a time like 2023-11-16 18:17:03.9799600")
-                    times.append(ns)
-                    sizes.append((_count(row[col[1]], where, COLUMNS[1]), _count(row[col[2]], where, COLUMNS[2])))
-                    lines.append(reader.line_num)
+            try:
+                header = [c.strip() for c in next(reader)]
+            except StopIteration:
+                fail(f"{path}:1", "the file is empty; expected the header " + ",".join(COLUMNS))
+            missing = [c for c in COLUMNS if c not in header]
+            if missing:
+                fail(f"{path}:1", f"the header has no column {missing[0]} (expected {','.join(COLUMNS)})")
+            col = [header.index(c) for c in COLUMNS]
+            width = len(header)
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                if not row or not any(x.strip() for x in row):
+                    continue
+                if len(row) != width:
+                    fail(where, f"the row has {len(row)} fields but the header has {width}")
+                ns = parse_timestamp_ns(row[col[0]])
+                if ns is None:
+                    fail(where, f"column TIMESTAMP {row[col[0]]!r} is not a time like 2023-11-16 18:17:03.9799600")
+                times.append(ns)
+                sizes.append((_count(row[col[1]], where, COLUMNS[1]), _count(row[col[2]], where, COLUMNS[2])))
+                lines.append(reader.line_num)
         except csv.Error as e:
             raise PythiaInputError(f"{path}:{reader.line_num}: the row is not valid CSV ({e})") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise read_error(path, e) from None
         if not times:
             fail(str(path), "the file holds no requests")
         t0 = min(times)

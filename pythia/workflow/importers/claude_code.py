@@ -7,14 +7,17 @@ within the file only), ``tool_tokens``, ``system_tokens`` and ``requests``. An o
 tokens are a partial tail no id covers), ``think_time`` (the gap before it) and ``api_time``
 (its serving time, sometimes missing). A ``type: "subagent"`` entry is a nested agent with its
 own ``agent_id``, ``subagent_type``, ``requests`` (``t`` relative to the sub-agent's start),
-``tool_tokens``, ``system_tokens`` and ``duration_ms``; its own ``t`` is its completion time in
-session seconds. Consecutive sub-agent entries are one parallel fan-out that the parent's next
-request joins.
+``tool_tokens``, ``system_tokens``, ``duration_ms`` and ``status``; its own ``t`` is its
+completion time in session seconds. Consecutive sub-agent entries are one parallel fan-out that
+the parent's next request joins. A sub-agent launched in the background (``status``
+"async_launched") has null ``duration_ms``, ``total_tokens`` and ``tool_use_count``: the
+parent did not wait for it, so nothing joins it.
 
 Each file becomes one job (see ``docs/importers.md`` for the full mapping):
 
 - the main agent's calls form a chain; a fan-out's sub-agents each start from the parent call
-  before the group and the parent's next call waits for the last call of every sub-agent;
+  before the group and the parent's next call waits for the last call of every sub-agent
+  except background ones, which only fan out (the job still ends when their calls end);
 - gaps are the recorded ``think_time`` (it agrees with ``t`` minus the previous call's end to
   within the one-second rounding of ``t``, and it exists where ``api_time`` is missing), except
   around a fan-out, where ``think_time`` spans the whole group and the gap is measured from
@@ -28,13 +31,13 @@ Each file becomes one job (see ``docs/importers.md`` for the full mapping):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pythia import inputs
 from pythia.workflow.hashing import mix, mix_array, stable_key
 from pythia.workflow.importers import (
     fail,
@@ -45,7 +48,6 @@ from pythia.workflow.importers import (
     need_object,
     need_str,
     opt_number,
-    read_error,
     read_head,
 )
 from pythia.workflow.trace import Call, Job, Trace, segments
@@ -58,6 +60,9 @@ TOOLS_KEY = stable_key(WORKFLOW_TYPE, "tools")
 SYSTEM_KEY = stable_key(WORKFLOW_TYPE, "system")
 ORDINARY_TYPES = ("n", "s")
 SUBAGENT_TYPE = "subagent"
+COMPLETED = "completed"  # a foreground sub-agent: the parent waited for its result
+BACKGROUND = "async_launched"  # launched in the background: the parent went on at once
+STATUSES = (COMPLETED, BACKGROUND)
 _EMPTY = segments([])
 
 
@@ -78,8 +83,9 @@ class _SubAgent:
     field: str
     agent_id: str
     role: str
-    done: float  # completion time, session seconds
-    start: float  # done - duration, session seconds
+    background: bool  # launched in the background: fans out, never joined
+    done: float | None  # completion time, session seconds (None in the background)
+    start: float | None  # done - duration, session seconds (None in the background)
     tool_tokens: int | None
     system_tokens: int | None
     requests: list[_Request]
@@ -129,6 +135,14 @@ def _optional_int(obj: dict[str, Any], key: str, where: str, f: str) -> int | No
     return None if obj.get(key) is None else need_int(obj, key, where, f)
 
 
+def _status(obj: dict[str, Any], where: str, f: str) -> str:
+    """A sub-agent's ``status`` (absent means "completed", as in older sessions)."""
+    status = obj.get("status", COMPLETED)
+    if status not in STATUSES:
+        fail(where, f"field {f}.status is {status!r}; expected one of {', '.join(STATUSES)}")
+    return status
+
+
 def _entry(obj: Any, where: str, f: str, block: int) -> _Request | _SubAgent:
     obj = need_object(obj, where, f)
     kind = need_str(obj, "type", where, f"{f}.type")
@@ -136,8 +150,20 @@ def _entry(obj: Any, where: str, f: str, block: int) -> _Request | _SubAgent:
         return _request(obj, where, f, block)
     if kind != SUBAGENT_TYPE:
         fail(where, f"field {f}.type is {kind!r}; expected one of n, s, subagent")
-    done = need_number(obj, "t", where, f"{f}.t")
-    duration = need_number(obj, "duration_ms", where, f"{f}.duration_ms")
+    background = _status(obj, where, f) == BACKGROUND
+    t = need_number(obj, "t", where, f"{f}.t")
+    done: float | None
+    start: float | None
+    if background:
+        # The parent saw only the launch, so the totals are null; check any that are given,
+        # but time the sub-agent by its own requests.
+        opt_number(obj, "duration_ms", where, f"{f}.duration_ms")
+        _optional_int(obj, "total_tokens", where, f"{f}.total_tokens")
+        _optional_int(obj, "tool_use_count", where, f"{f}.tool_use_count")
+        done = start = None
+    else:
+        done = t
+        start = t - need_number(obj, "duration_ms", where, f"{f}.duration_ms") / 1000.0
     reqs: list[_Request] = []
     for j, r in enumerate(need_list(obj, "requests", where, f"{f}.requests")):
         g = f"{f}.requests[{j}]"
@@ -148,8 +174,9 @@ def _entry(obj: Any, where: str, f: str, block: int) -> _Request | _SubAgent:
         field=f,
         agent_id=need_str(obj, "agent_id", where, f"{f}.agent_id"),
         role=need_str(obj, "subagent_type", where, f"{f}.subagent_type").lower(),
+        background=background,
         done=done,
-        start=done - duration / 1000.0,
+        start=start,
         tool_tokens=_optional_int(obj, "tool_tokens", where, f"{f}.tool_tokens"),
         system_tokens=_optional_int(obj, "system_tokens", where, f"{f}.system_tokens"),
         requests=reqs,
@@ -159,14 +186,7 @@ def _entry(obj: Any, where: str, f: str, block: int) -> _Request | _SubAgent:
 def parse_session(path: Path) -> _Session:
     """Read and check one session file; raise :class:`PythiaInputError` naming the bad field."""
     where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise read_error(path, e) from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        fail(where, f"the file is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})")
+    doc = inputs.load_json(path, "Claude Code session")
     if not isinstance(doc, dict):
         fail(where, "the file must hold one JSON object (a session)")
     block = need_int(doc, "block_size", where)
@@ -178,12 +198,31 @@ def parse_session(path: Path) -> _Session:
     entries = [_entry(r, where, f"requests[{i}]", block) for i, r in enumerate(need_list(doc, "requests", where))]
     if not any(isinstance(e, _Request) or e.requests for e in entries):
         fail(where, "field requests holds no request")
+    _check_order([e for e in entries if isinstance(e, _Request)], where)
+    for e in entries:
+        if isinstance(e, _SubAgent):
+            _check_order(e.requests, where)
     return _Session(
         block=block,
         tool_tokens=need_int(doc, "tool_tokens", where),
         system_tokens=need_int(doc, "system_tokens", where),
         entries=entries,
     )
+
+
+def _check_order(requests: list[_Request], where: str) -> None:
+    """One agent's requests are recorded in time order; a step back is an error.
+
+    Sub-agent entries are left out: parallel sub-agents are listed in launch order and
+    return in any order.
+    """
+    for prev, cur in zip(requests, requests[1:]):
+        if cur.t < prev.t:
+            fail(
+                where,
+                f"field {cur.field}.t is {cur.t:g}, earlier than {prev.field}.t ({prev.t:g}); "
+                "an agent's requests must be in time order",
+            )
 
 
 # --------------------------------------------------------------------------- structure
@@ -196,6 +235,23 @@ def _chain_gap(req: _Request, prev: _Request) -> float:
     if prev.api is not None:
         return req.t - (prev.t + prev.api)
     return req.t - prev.t  # serving time unknown: an upper bound
+
+
+def _first_link(
+    sa: _SubAgent, req: _Request, spawn: int | None, spawn_req: _Request | None
+) -> tuple[tuple[int, ...], float]:
+    """The deps and gap of a sub-agent's first call, which starts from the spawning call."""
+    deps: tuple[int, ...] = () if spawn is None else (spawn,)
+    if sa.background or sa.start is None:
+        # No duration places its start: it starts as the launching call returns (the job
+        # start when there is none), and its requests' t count from there.
+        return deps, req.t
+    issue = sa.start + req.t
+    if spawn is None or spawn_req is None:
+        return (), issue  # a fan-out before any parent call: from the session start
+    if spawn_req.api is None:
+        return deps, 0.0  # the spawning call's end is unknown; sub-agents start as it returns
+    return deps, issue - (spawn_req.t + spawn_req.api)
 
 
 class _Builder:
@@ -250,7 +306,11 @@ class _Builder:
         return cid
 
     def _fan_out(self, group: list[_SubAgent], spawn: int | None, spawn_req: _Request | None) -> tuple[list[int], float]:
-        """Add a fan-out's calls; return the last call of each sub-agent and when the last ended."""
+        """Add a fan-out's calls; return each foreground sub-agent's last call and when the last ended.
+
+        Background sub-agents start from ``spawn`` like the others but are left out of the
+        join, so the parent's next call does not wait for them.
+        """
         joins: list[int] = []
         join_end = float("-inf")
         for sa in group:
@@ -261,23 +321,16 @@ class _Builder:
             for req in sa.requests:
                 if last is not None and last_req is not None:
                     last = self._add(req, sa.role, agent, (last,), _chain_gap(req, last_req), None)
-                    last_req = req
-                    continue
-                issue = sa.start + req.t
-                deps: tuple[int, ...]
-                if spawn is None or spawn_req is None:
-                    deps, gap = (), issue  # a fan-out before any parent call: from the session start
-                elif spawn_req.api is None:
-                    # The spawning call's end is unknown; sub-agents start as it returns.
-                    deps, gap = (spawn,), 0.0
                 else:
-                    deps, gap = (spawn,), issue - (spawn_req.t + spawn_req.api)
-                last = self._add(req, sa.role, agent, deps, gap, spawn)
+                    deps, gap = _first_link(sa, req, spawn, spawn_req)
+                    last = self._add(req, sa.role, agent, deps, gap, spawn)
                 last_req = req
-            if last is not None and last_req is not None:
-                joins.append(last)
-                end = sa.start + last_req.t + last_req.api if last_req.api is not None else sa.done
-                join_end = max(join_end, end)
+            if sa.background or last is None or last_req is None:
+                continue  # nothing waits for a background sub-agent
+            assert sa.start is not None and sa.done is not None  # every foreground one has both
+            joins.append(last)
+            end = sa.start + last_req.t + last_req.api if last_req.api is not None else sa.done
+            join_end = max(join_end, end)
         return joins, join_end
 
 

@@ -8,15 +8,16 @@ file. Each line becomes one job of one call, released at ``timestamp / 1000`` se
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pythia import inputs
+from pythia.inputs import MAX_SECONDS
 from pythia.workflow.hashing import mix, mix_array, stable_key
-from pythia.workflow.importers import fail, need_ids, need_int, need_number, read_error, read_head
+from pythia.workflow.importers import fail, need_ids, need_int, need_number, read_head
 from pythia.workflow.trace import Call, Job, Trace, segments
 
 if TYPE_CHECKING:
@@ -67,14 +68,10 @@ class MooncakeImporter:
         scope = stable_key(WORKFLOW_TYPE, path.stem)
         unique = stable_key(WORKFLOW_TYPE, path.stem, "unique")
         jobs: list[Job] = []
-        try:
-            with open(path, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    jobs.append(self._job(path, lineno, line, len(jobs), scope, unique))
-        except (OSError, UnicodeDecodeError) as e:
-            raise read_error(path, e) from None
+        for lineno, line in inputs.iter_lines(path, "Mooncake trace"):
+            if not line.strip():
+                continue
+            jobs.append(self._job(path, lineno, line, len(jobs), scope, unique))
         if not jobs:
             fail(str(path), "the file holds no requests")
         return Trace(
@@ -85,13 +82,10 @@ class MooncakeImporter:
 
     def _job(self, path: Path, lineno: int, line: str, index: int, scope: int, unique: int) -> Job:
         where = f"{path}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            fail(where, f"the line is not valid JSON ({e.msg} at column {e.colno})")
+        rec = inputs.parse_json(line, where)
         if not isinstance(rec, dict):
             fail(where, "the line is not a JSON object")
-        ts = need_number(rec, "timestamp", where)
+        ts = need_number(rec, "timestamp", where, maximum=MAX_SECONDS * 1000.0)  # milliseconds
         n_in = need_int(rec, "input_length", where)
         n_out = need_int(rec, "output_length", where)
         ids = need_ids(rec, "hash_ids", where)
