@@ -160,7 +160,7 @@ def test_a_system_cannot_extend_itself(baselines: Path):
 
 def test_errors_in_a_parent_name_the_parent(baselines: Path):
     base = _write(baselines, "base", "source: s\nengine: {max_tokens: 1}\n")
-    with pytest.raises(PythiaInputError, match=f"^{base}: unknown engine flag"):
+    with pytest.raises(PythiaInputError, match=f"^{base}:2: unknown field engine.max_tokens"):
         parse_system({"source": "s", "extends": "base"}, "child.yaml", "child")
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
+import types
+import typing
 from typing import Any, Callable
 
 from pythia.errors import PythiaInputError
@@ -99,3 +102,58 @@ def check_params(factory: Callable[..., Any], kind: str, name: str, params: dict
         raise PythiaInputError(
             f"{where}field policies.{kind}.params needs parameter(s) {', '.join(missing)} for {kind} policy {name!r}"
         )
+    try:
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    except Exception:  # an annotation that cannot be evaluated: the constructor checks its values
+        hints = {}
+    for key, value in params.items():
+        want = hints.get(key)
+        if want is not None and not _matches(value, want):
+            raise PythiaInputError(
+                f"{where}field policies.{kind}.params.{key}={value!r} must be {_describe(want)} "
+                f"for {kind} policy {name!r}"
+                + ("; write it without quotes" if isinstance(value, str) and want is not str else "")
+            )
+
+
+def _matches(value: Any, want: Any) -> bool:
+    """Whether a YAML value has the type a constructor annotates (nothing is coerced)."""
+    if want is Any:
+        return True
+    origin = typing.get_origin(want)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, w) for w in typing.get_args(want))
+    if want is type(None):
+        return value is None
+    if want is bool:
+        return isinstance(value, bool)
+    if want is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if want is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if want is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, typing.Sequence) or want in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = [a for a in typing.get_args(want) if a is not Ellipsis]
+        return len(args) != 1 or all(_matches(v, args[0]) for v in value)
+    if origin is dict or want is dict:
+        return isinstance(value, dict)
+    return True  # a type this check does not know: the constructor's to check
+
+
+def _describe(want: Any) -> str:
+    origin = typing.get_origin(want)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(w) for w in typing.get_args(want))
+    names = {bool: "a boolean (true or false)", int: "an integer", float: "a finite number", str: "a string",
+             type(None): "null"}
+    if want in names:
+        return names[want]
+    if origin in (list, tuple, typing.Sequence) or want in (list, tuple):
+        args = [a for a in typing.get_args(want) if a is not Ellipsis]
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if len(args) == 1 else "a list"
+    if origin is dict or want is dict:
+        return "a mapping"
+    return str(want)

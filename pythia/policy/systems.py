@@ -36,8 +36,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pythia import inputs
 from pythia.errors import PythiaInputError
 from pythia.paths import project_root
 from pythia.policy import registry
@@ -147,11 +146,11 @@ def load_system(name: str | Path) -> System:
 
 def _load(path: Path, chain: tuple[Path, ...]) -> System:
     """Read and validate the system file ``path``; ``chain`` holds the files extending it, outermost first."""
-    try:
-        obj = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise PythiaInputError(f"{path}: not valid YAML ({e})") from None
-    sys_ = _parse(obj, str(path), path.stem, chain + (path.resolve(),))
+    doc = inputs.load_yaml(path, "system file")
+    if not isinstance(doc.value, dict):
+        raise PythiaInputError(f"{path}: a system file must be a mapping with source and policies, not {type(doc.value).__name__}")
+    inputs.validate(doc, "system")
+    sys_ = _parse(doc.value, str(path), path.stem, chain + (path.resolve(),))
     return dataclasses.replace(sys_, path=path)
 
 

@@ -12,8 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pythia import inputs
 from pythia.errors import PythiaInputError
 from pythia.sim.costmodel import gpu_spec, model_shape
 
@@ -120,25 +119,16 @@ def cluster_presets() -> list[str]:
     return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
 
 
-def parse_cluster(obj: Any, where: str) -> ClusterConfig:
-    """Validate a cluster YAML object."""
+def parse_cluster(obj: Any, where: str, doc: inputs.YamlDocument | None = None) -> ClusterConfig:
+    """Validate a cluster YAML object (``doc``, when given, puts line numbers in messages)."""
     if not isinstance(obj, dict):
-        raise PythiaInputError(f"{where}: a cluster file must be a mapping")
-    allowed = {"name", "description", "gpu", "gpus", "cold_start_s", "default_pool", "pools"}
-    bad = set(obj) - allowed
-    if bad:
-        raise PythiaInputError(f"{where}: unknown field(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(allowed))}")
-    pools_obj = obj.get("pools")
-    if not isinstance(pools_obj, dict) or not pools_obj:
-        raise PythiaInputError(f"{where}: field pools must map pool names to {{model, tp, replicas, ...}}")
+        raise PythiaInputError(f"{where}: a cluster file must be a mapping with gpu and pools, not {type(obj).__name__}")
+    if doc is not None:
+        inputs.validate(doc, "cluster")
+    else:
+        inputs.validate_value(obj, where, "cluster")
     pools = []
-    pool_fields = {"model", "tp", "replicas", "min_replicas", "max_replicas", "max_model_len", "aliases"}
-    for pname, p in pools_obj.items():
-        if not isinstance(p, dict) or "model" not in p:
-            raise PythiaInputError(f"{where}: field pools.{pname} needs a model")
-        bad = set(p) - pool_fields
-        if bad:
-            raise PythiaInputError(f"{where}: field pools.{pname}: unknown key(s) {', '.join(sorted(bad))}")
+    for pname, p in obj["pools"].items():
         replicas = int(p.get("replicas", 1))
         try:
             pools.append(PoolConfig(
@@ -149,7 +139,8 @@ def parse_cluster(obj: Any, where: str) -> ClusterConfig:
                 aliases=tuple(str(a) for a in p.get("aliases", ())),
             ))
         except PythiaInputError as e:
-            raise PythiaInputError(f"{where}: {e}") from None
+            loc = where if doc is None else doc.where(("pools", pname)).rsplit(": ", 1)[0]
+            raise PythiaInputError(f"{loc}: {e}") from None
     try:
         return ClusterConfig(
             name=str(obj.get("name", where)), gpu=str(obj.get("gpu", "a100-80gb")), pools=tuple(pools),
@@ -167,17 +158,13 @@ def load_cluster(name_or_path: str | Path | None = None) -> ClusterConfig:
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.is_file():
             raise PythiaInputError(f"{p}: no such cluster file")
-        text, where = p.read_text(), str(p)
+        doc = inputs.load_yaml(p, "cluster file")
     else:
         if name not in cluster_presets():
             raise PythiaInputError(f"unknown cluster {name!r}; known: {', '.join(cluster_presets())} (or a path to a YAML file)")
         text = resources.files("pythia.sim").joinpath(f"data/clusters/{name}.yaml").read_text()
-        where = f"cluster preset {name}"
-    try:
-        obj = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise PythiaInputError(f"{where}: not valid YAML ({e})") from None
-    return parse_cluster(obj, where)
+        doc = inputs.parse_yaml(text, f"cluster preset {name}")
+    return parse_cluster(doc.value, doc.source, doc)
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-import yaml
-
+from pythia import inputs
 from pythia.errors import PythiaInputError
 
 FS_PER_S = 10**15
@@ -39,9 +38,12 @@ GIB = 1 << 30
 
 @lru_cache(maxsize=None)
 def load_data(name: str) -> dict[str, Any]:
-    """One of the shipped data files (``gpus``, ``models``, ``efficiency``)."""
-    text = resources.files("pythia.sim").joinpath(f"data/{name}.yaml").read_text()
-    return yaml.safe_load(text)
+    """One of the shipped data files (``gpus``, ``models``, ``efficiency``), validated by its schema."""
+    path = resources.files("pythia.sim").joinpath(f"data/{name}.yaml")
+    doc = inputs.parse_yaml(path.read_text(encoding="utf-8"), f"pythia/sim/data/{name}.yaml")
+    if not isinstance(doc.value, dict):
+        raise PythiaInputError(f"{doc.source}: the file must be a mapping of names to entries")
+    return inputs.validate(doc, name)
 
 
 @dataclass(frozen=True)

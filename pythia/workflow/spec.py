@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from pythia.errors import PythiaInputError
+from pythia.inputs import MAX_FANOUT, MAX_SECONDS, MAX_TOKENS
 
 END = "end"
 """The pseudo-step an edge names to end the job."""
@@ -53,6 +54,8 @@ class Dist:
             standard deviation of the logarithm).
         min: lower clamp applied to every draw, if any.
         max: upper clamp applied to every draw, if any.
+        cap: the largest value the quantity may take in the simulator (``pythia.inputs``
+            limits), applied after ``max``; a heavy tail cannot draw past it.
     """
 
     kind: str
@@ -65,6 +68,7 @@ class Dist:
     sigma: float = 0.0
     min: float | None = None
     max: float | None = None
+    cap: float | None = field(default=None, compare=False)
 
     @staticmethod
     def constant(value: float) -> Dist:
@@ -78,7 +82,8 @@ class Dist:
             return float(rng.uniform(self.low, self.high))
         if self.kind == "normal":
             return float(rng.normal(self.mean, self.std))
-        return self.median * math.exp(self.sigma * float(rng.standard_normal()))
+        # min(..., 700): exp overflows a float past about 709; the cap clamps the draw anyway.
+        return self.median * math.exp(min(self.sigma * float(rng.standard_normal()), 700.0))
 
     def sample(self, rng: np.random.Generator) -> float:
         """One real draw, clamped to ``[min, max]`` and to ``>= 0``."""
@@ -87,6 +92,8 @@ class Dist:
             x = max(x, self.min)
         if self.max is not None:
             x = min(x, self.max)
+        if self.cap is not None:
+            x = min(x, self.cap)
         return max(x, 0.0)
 
     def int_bounds(self, floor: int) -> tuple[int, int | None]:
@@ -109,6 +116,8 @@ class Dist:
         lo, hi = self.int_bounds(floor)
         if hi is not None:
             x = min(x, hi)
+        if self.cap is not None:
+            x = min(x, int(self.cap))
         return max(x, lo)
 
 
@@ -292,11 +301,16 @@ _QUANTITY = {
     "count": ("a count", 1),
     "seconds": ("a duration", 0),
 }
+# The largest value of each quantity (pythia.inputs); parameters above it are refused.
+_CAP = {"tokens": MAX_TOKENS, "output": MAX_TOKENS, "count": MAX_FANOUT, "seconds": MAX_SECONDS}
+MAX_SIGMA = 10.0
+"""Largest lognormal sigma (a factor of e^10 per standard deviation is already absurd)."""
 
 
 def _dist(raw: Any, path: FieldPath, quantity: str, chk: _Checker) -> Dist:
     """Build a :class:`Dist` and check it can give a valid ``quantity``."""
     what, floor = _QUANTITY[quantity]
+    cap = _CAP[quantity]
     integer = quantity != "seconds"
     bare = not isinstance(raw, dict)
     if bare:
@@ -309,11 +323,18 @@ def _dist(raw: Any, path: FieldPath, quantity: str, chk: _Checker) -> Dist:
         **{k: float(v) for k, v in raw.items() if k not in ("dist", "min", "max")},
         min=None if raw.get("min") is None else float(raw["min"]),
         max=None if raw.get("max") is None else float(raw["max"]),
+        cap=float(cap),
     )
     for name in ("value", "low", "high", "mean", "min", "max"):
         v = raw.get(name)
         if v is not None and v < 0:
             raise chk.error(at(name), f"{what} cannot be negative ({v})")
+    for name in ("value", "low", "high", "mean", "min", "median", "std"):
+        v = raw.get(name)
+        if v is not None and v > cap:
+            raise chk.error(at(name), f"{v} is above the largest {what} the simulator represents ({cap:,g})")
+    if raw.get("sigma") is not None and raw["sigma"] > MAX_SIGMA:
+        raise chk.error(at("sigma"), f"sigma {raw['sigma']} is above {MAX_SIGMA:g}; a lognormal that wide has no useful median")
     if d.min is not None and d.max is not None and d.min > d.max:
         raise chk.error(at("min"), f"min {raw['min']} is above max {raw['max']}")
     if d.kind == "uniform" and d.low > d.high:
