@@ -65,6 +65,7 @@ MAX_CALLS_PER_JOB = 100_000
 
 GZIP_MAGIC = b"\x1f\x8b"
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_YAML11_EXPONENT = re.compile(r"^[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+$")  # 1e3: a string to PyYAML
 
 
 def _fail(where: str, message: str) -> PythiaInputError:
@@ -407,9 +408,27 @@ def describe_schema_error(error: Any) -> tuple[tuple[str | int, ...], str]:
         if extra:
             known = ", ".join(sorted(allowed))
             return (*path, extra[0]), f"unknown field {format_path((*path, extra[0]))}" + (f"; known: {known}" if known else "")
-    if error.validator == "type" and isinstance(error.instance, str) and "boolean" in str(error.validator_value):
-        return path, f"field {format_path(path) or '(top level)'}: {error.instance!r} is a string; write true or false without quotes"
+    hint = schema_hint(error)
+    if hint is not None:
+        return path, f"field {format_path(path) or '(top level)'}: {hint}"
     return path, f"field {format_path(path) or '(top level)'}: {error.message}"
+
+
+def schema_hint(error: Any) -> str | None:
+    """A better phrase than jsonschema's for the type errors users make most, or None.
+
+    A quoted boolean is a string, not a boolean; ``1e3`` is text to YAML 1.1 (PyYAML reads a
+    number in exponent form only with a dot and a sign, ``1.0e+3``).
+    """
+    if error.validator != "type" or not isinstance(error.instance, str):
+        return None
+    if _YAML11_EXPONENT.match(error.instance):
+        mantissa, exponent = re.split("[eE]", error.instance)
+        fixed = f"{mantissa if '.' in mantissa else mantissa + '.0'}e{'' if exponent[:1] in '+-' else '+'}{exponent}"
+        return f"{error.instance!r} is text to YAML 1.1; write the number as {fixed}"
+    if "boolean" in str(error.validator_value):
+        return f"{error.instance!r} is a string; write true or false without quotes"
+    return None
 
 
 def best_schema_error(validator: Any, value: Any) -> Any | None:

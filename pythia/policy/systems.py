@@ -211,6 +211,8 @@ def _parse(obj: Any, where: str, name: str, chain: tuple[Path, ...]) -> System:
         params = spec.get("params") or {}
         if not isinstance(params, dict):
             raise PythiaInputError(f"{where}: field policies.{kind}.params must be a mapping of parameter name to value")
+        # Names and types now, so a typo stops the run before any work; values at build().
+        registry.check_params(registry.resolve(kind, pname, f"{where}: "), kind, pname, params, f"{where}: ")
         policies[kind] = (pname, dict(params))
     extra_kinds = set(pol) - set(registry.KINDS)
     if extra_kinds:

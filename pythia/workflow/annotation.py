@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from pythia.errors import PythiaInputError
+from pythia.inputs import MAX_CALLS_PER_JOB
 
 PREFIX = "pythia."
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$")
@@ -71,10 +72,10 @@ class CallAnnotation:
                 f"string of at most {_MAX_ID} characters"
             )
         if self.step is not None and (
-            isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 0
+            isinstance(self.step, bool) or not isinstance(self.step, int) or not 0 <= self.step <= MAX_CALLS_PER_JOB
         ):
             raise PythiaInputError(
-                f"annotation field step={self.step!r} must be a non-negative integer"
+                f"annotation field step={self.step!r} must be an integer from 0 to {MAX_CALLS_PER_JOB}"
             )
 
     def to_extra_args(self) -> dict[str, str | int]:

@@ -290,7 +290,9 @@ def _check_schema(raw: Any, chk: _Checker) -> None:
         # A misspelt key also makes a required one go missing; naming the misspelling helps more.
         unexpected = [e for e in errors if e.validator == "additionalProperties"]
         e = jsonschema.exceptions.best_match(unexpected or errors)
-        raise chk.error(tuple(e.absolute_path), e.message)
+        from pythia.inputs import schema_hint
+
+        raise chk.error(tuple(e.absolute_path), schema_hint(e) or e.message)
 
 
 # --------------------------------------------------------------------------- layer 2: semantics

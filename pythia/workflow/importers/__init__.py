@@ -12,8 +12,10 @@ the line (line formats) or the field (JSON) at fault.
 
 from __future__ import annotations
 
+import gzip
 import importlib
 import math
+import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
@@ -88,13 +90,23 @@ def get(name: str) -> Importer:
 
 
 def read_head(path: Path, size: int = HEAD_BYTES) -> str:
-    """The first ``size`` bytes of ``path`` as text (empty when unreadable), without a BOM."""
+    """The first ``size`` bytes of ``path`` as text (gunzipped; empty when unreadable), without a BOM."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read(size)
-    except OSError:
+            if raw[:2] == b"\x1f\x8b":
+                fh.seek(0)
+                with gzip.GzipFile(fileobj=fh) as gz:
+                    raw = gz.read(size)
+    except (OSError, EOFError, zlib.error):
         return ""
     return raw.decode("utf-8", errors="replace").lstrip("\ufeff")
+
+
+def data_suffix(path: Path) -> str:
+    """The suffix that names a file's format, looking through a ``.gz`` (``t.jsonl.gz``: ``.jsonl``)."""
+    p = Path(path)
+    return (p.with_suffix("") if p.suffix == ".gz" else p).suffix.lower()
 
 
 def fail(where: str, what: str) -> NoReturn:

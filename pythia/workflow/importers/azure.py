@@ -22,7 +22,7 @@ from pythia import inputs
 from pythia.errors import PythiaInputError
 from pythia.inputs import MAX_TOKENS
 from pythia.workflow.hashing import mix_array, stable_key
-from pythia.workflow.importers import fail, read_head
+from pythia.workflow.importers import data_suffix, fail, read_head
 from pythia.workflow.trace import Call, Job, Trace, segments
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class AzureImporter:
 
     def sniff(self, path: Path) -> bool:
         """A ``.csv`` file whose header names the three Azure columns."""
-        if path.suffix.lower() != ".csv":
+        if data_suffix(path) != ".csv":
             return False
         header = read_head(path, 1024).splitlines()[:1]
         names = {c.strip() for c in header[0].split(",")} if header else set()

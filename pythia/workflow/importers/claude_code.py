@@ -40,6 +40,7 @@ import numpy as np
 from pythia import inputs
 from pythia.workflow.hashing import mix, mix_array, stable_key
 from pythia.workflow.importers import (
+    data_suffix,
     fail,
     need_ids,
     need_int,
@@ -461,7 +462,7 @@ class ClaudeCodeImporter:
 
     def sniff(self, path: Path) -> bool:
         """A ``.json`` file whose opening object names ``block_size`` and ``requests``."""
-        if path.suffix != ".json":
+        if data_suffix(path) != ".json":
             return False
         head = read_head(path).lstrip()
         return head.startswith("{") and '"block_size"' in head and '"requests"' in head

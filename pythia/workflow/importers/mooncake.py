@@ -17,7 +17,7 @@ import numpy as np
 from pythia import inputs
 from pythia.inputs import MAX_SECONDS
 from pythia.workflow.hashing import mix, mix_array, stable_key
-from pythia.workflow.importers import fail, need_ids, need_int, need_number, read_head
+from pythia.workflow.importers import data_suffix, fail, need_ids, need_int, need_number, read_head
 from pythia.workflow.trace import Call, Job, Trace, segments
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class MooncakeImporter:
 
     def sniff(self, path: Path) -> bool:
         """A ``.jsonl`` file whose first object has ``input_length`` and ``output_length``."""
-        if path.suffix != ".jsonl":
+        if data_suffix(path) != ".jsonl":
             return False
         head = read_head(path).lstrip()
         return head.startswith("{") and '"input_length"' in head and '"output_length"' in head
