@@ -9,9 +9,19 @@ from __future__ import annotations
 
 
 class PythiaInputError(Exception):
-    """Bad user input (a trace, a spec, a config); the message is one sentence for the user."""
+    """Bad user input (a trace, a spec, a config); the message is one sentence for the user.
+
+    The message is kept on one line: a field name or value quoted from the user's file may hold
+    line breaks or other control characters, which are shown escaped.
+    """
 
     exit_status = 2
+
+    def __init__(self, message: object = "") -> None:
+        text = str(message)
+        if not text.isprintable():
+            text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        super().__init__(text)
 
 
 def where(path: object, line: int | None = None, field: str | None = None) -> str:

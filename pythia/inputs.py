@@ -228,7 +228,9 @@ def _yaml_error(e: yaml.YAMLError, where: str) -> PythiaInputError:
         mark = e.problem_mark or e.context_mark
         loc = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark is not None else where
         return _fail(loc, f"YAML syntax error: {e.problem or e.context or 'invalid YAML'}")
-    return _fail(where, f"YAML syntax error: {e}")
+    if isinstance(e, yaml.reader.ReaderError):  # a control character PyYAML refuses
+        return _fail(where, f"YAML syntax error: character {e.character!r} at byte {e.position} is not allowed in YAML")
+    return _fail(where, f"YAML syntax error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
 
 
 def _check_yaml_events(text: str, where: str) -> None:
