@@ -462,3 +462,41 @@ def validate_value(value: Any, where: str, schema: str, definition: str | None =
     if err is not None:
         raise PythiaInputError(f"{where}: {describe_schema_error(err)[1]}")
     return value
+
+
+# --------------------------------------------------------------------------- run tables
+
+
+def read_parquet(
+    path: str | Path, what: str, *, required: tuple[str, ...] = (), numeric: tuple[str, ...] = ()
+) -> Any:
+    """A run table (``calls.parquet``, ``jobs.parquet``) as a data frame, its columns checked.
+
+    ``required`` columns must exist; ``numeric`` ones (those present) must hold numbers with no
+    infinities (NaN means "not measured" and stays).
+    """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    path = Path(path)
+    if not path.is_file():
+        raise _fail(str(path), f"no such {what}" if not path.exists() else f"is not a file, not a {what}")
+    try:
+        df = pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise _fail(str(path), f"the {what} is not a readable Parquet table ({detail})") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise _fail(str(path), f"the {what} has no column {missing[0]}")
+    for c in numeric:
+        if c not in df.columns:
+            continue
+        col = df[c]
+        if not (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)):
+            raise _fail(str(path), f"column {c} of the {what} must hold numbers, not {col.dtype}")
+        bad = np.isinf(col.to_numpy(dtype=float, na_value=np.nan))
+        if bad.any():
+            raise _fail(str(path), f"column {c} of the {what} holds an infinite value (row {int(np.argmax(bad))})")
+    return df

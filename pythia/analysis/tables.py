@@ -8,7 +8,6 @@ A run directory is ``<root>/<workload>/<system>/<load>/seed<k>/`` holding the ou
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from pythia import inputs
 from pythia.errors import PythiaInputError
 
 RUN_DIR = re.compile(r"(?P<workload>[^/]+)/(?P<system>[^/]+)/(?P<load>[cr][0-9.]+)/seed(?P<seed>\d+)$")
@@ -55,10 +55,9 @@ def collect_summaries(summary_files: Sequence[str | Path]) -> pd.DataFrame:
     rows = []
     for f in summary_files:
         f = Path(f)
-        try:
-            summary = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise PythiaInputError(f"{f}: not valid JSON ({e.msg})") from None
+        summary = inputs.load_json(f, "run summary")
+        if not isinstance(summary, dict):
+            raise PythiaInputError(f"{f}: a run summary must be a JSON object, not {type(summary).__name__}")
         row = run_identity(f.parent)
         for k, v in summary.items():
             if isinstance(v, (int, float, str, bool)) or v is None:
@@ -76,7 +75,7 @@ def collect_jobs(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     for d in run_dirs:
         path = Path(d) / "jobs.parquet"
         if path.exists():
-            frame = pd.read_parquet(path)
+            frame = inputs.read_parquet(path, "jobs table", required=("job_id",))
             for k, v in run_identity(d).items():
                 frame[k] = v
             frames.append(frame)

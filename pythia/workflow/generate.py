@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pythia.errors import PythiaInputError
+from pythia.inputs import MAX_CALLS_PER_JOB
 from pythia.workflow.hashing import stable_key
 from pythia.workflow.spec import END, Step, WorkflowSpec
 from pythia.workflow.trace import Call, Job, Trace, segments
@@ -215,6 +216,11 @@ class _JobBuilder:
             agent_id=inst.agent_id,
         )
         self.calls.append(call)
+        if len(self.calls) > MAX_CALLS_PER_JOB:
+            raise PythiaInputError(
+                f"{self.spec.source}: a job of the spec makes more than {MAX_CALLS_PER_JOB:,} calls, the most one job "
+                "may hold; lower the fan-out (parallel), calls or max_traversals"
+            )
         prompt = self._prompt(step, inst, role, visible, fresh, call_id)
         call.prompt = segments(prompt)
         call.input_tokens = _total(prompt)
