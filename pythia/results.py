@@ -9,8 +9,10 @@ same four files to its folder, so analysis code never asks which backend produce
   adds engine and GPU metric columns after them);
 - ``summary.json``: the headline figures of :func:`summarise` plus what the backend adds.
 
-Files are written to a temporary name and renamed, so a reader never sees half a file.
-Parquet is written without wall-clock metadata: the same run gives the same bytes.
+Each file is written to a temporary name and renamed (:mod:`pythia.outputs`), so a reader
+never sees half a file; :func:`write_run` writes ``summary.json`` last and removes a
+previous one first, so a folder with a summary holds one complete run. Parquet is written
+without wall-clock metadata: the same run gives the same bytes.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+
+from pythia.outputs import write_atomic
 
 CALL_COLUMNS = (
     "job_id", "call_id", "agent_role", "agent_id", "workflow_type", "model", "pool", "replica", "issue_s",
@@ -38,6 +40,10 @@ TIMESERIES_COLUMNS = (
     "t_s", "pool", "replica", "state", "batch_size", "queue_len", "kv_used_blocks", "kv_cached_blocks",
     "kv_free_blocks", "replicas_up", "replicas_starting",
 )
+SUMMARY_FILE = "summary.json"
+# The tables of every run folder, as the simulator and the replay client write them.
+RUN_TABLES = ("calls.parquet", "jobs.parquet", "timeseries.parquet")
+RUN_FILES = RUN_TABLES + (SUMMARY_FILE,)
 
 
 def frame(rows: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> pd.DataFrame:
@@ -47,18 +53,27 @@ def frame(rows: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> pd.DataFra
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     """Write ``df`` atomically and deterministically."""
-    tmp = path.with_name(path.name + ".tmp")
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata(None)  # no pandas metadata: identical bytes for identical frames
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
+    write_atomic(path, df)
 
 
 def write_json(obj: Any, path: Path) -> None:
     """Write JSON atomically (NaN becomes null)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
+
+
+def write_run(out: str | Path, tables: Mapping[str, pd.DataFrame], summary: Mapping[str, Any]) -> Path:
+    """Write a run folder: each table (``{file name: frame}``) atomically, then ``summary.json``.
+
+    A summary left by an earlier run into the same folder is removed first, so that a folder
+    holding a summary always holds the tables written with it.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SUMMARY_FILE).unlink(missing_ok=True)
+    for name, df in tables.items():
+        write_parquet(df, out / name)
+    write_json(summary, out / SUMMARY_FILE)
+    return out
 
 
 def _clean(obj: Any) -> Any:

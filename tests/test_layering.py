@@ -14,12 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The packages each layer must not import (a prefix matches the package and its modules).
 # pythia.results is the run tables' schema, shared by the simulator and the replay client, so
-# it sits at the bottom with pythia.workflow. pythia.inputs (reading and checking files) is below
-# everything: it imports only pythia.errors. pythia.analysis reads run folders only and is
+# it sits at the bottom with pythia.workflow. pythia.inputs and pythia.outputs (reading and
+# checking files, writing them atomically) are below everything: they import only pythia.errors. pythia.analysis reads run folders only and is
 # imported by nothing below it.
 UPPER = ("pythia.analysis",)
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "pythia.workflow": ("pythia.profiler", "pythia.policy", "pythia.sim", "pythia.serve", "pythia.bench") + UPPER,
+    "pythia.outputs": ("pythia.workflow", "pythia.results", "pythia.profiler", "pythia.policy", "pythia.sim", "pythia.serve", "pythia.bench") + UPPER,
     "pythia.inputs": ("pythia.workflow", "pythia.results", "pythia.profiler", "pythia.policy", "pythia.sim", "pythia.serve", "pythia.bench") + UPPER,
     "pythia.results": ("pythia.profiler", "pythia.policy", "pythia.sim", "pythia.serve", "pythia.bench") + UPPER,
     "pythia.profiler": ("pythia.policy", "pythia.sim", "pythia.serve", "pythia.bench") + UPPER,

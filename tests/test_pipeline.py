@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -96,3 +97,72 @@ def test_unknown_system_stops_before_any_job(tmp_path: Path) -> None:
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "systems[1]" in out and "'vlm'" in out
+
+
+# (overlay text, the message after "SOURCE: ", extra snakemake arguments). {tmp} is the test's folder. The
+# source is the overlay, unless the row's arguments give --config or the field comes from config/config.yaml.
+BAD_CONFIGS = [
+    ("experiments:\n  coding-assistant: {cluster: papr}\n",
+     "experiments.coding-assistant.cluster='papr' is not a cluster preset or a file; known presets: ", ()),
+    ("experiments:\n  coding-assistant: {cluster: '{tmp}/cluster.yaml'}\n",
+     "experiments.coding-assistant.cluster='{tmp}/cluster.yaml' is not a valid cluster (", ()),
+    ("experiments:\n  deep-research: {systems: [vllm, pytha]}\n",
+     "experiments.deep-research.systems[1]='pytha' is not a system in baselines/; known: ", ()),
+    ("real: {backend: vllm-cpu, systems: [vlm], experiments: {}}\n",
+     "real.systems[0]='vlm' is not a system in baselines/", ()),
+    ("experiments:\n  coding-assistant: {workload: workloads/nope.yaml}\n",
+     "experiments.coding-assistant.workload='workloads/nope.yaml' does not exist", ()),
+    ("experiments:\n  claude-code: {needs_traces: false}\n",
+     "config/config.yaml: experiments.claude-code.workload='{traces}/claude-code' does not exist", ()),
+    ("timeline: {experiment: nope, system: pythia, load: c8, seed: 0}\n",
+     "timeline.experiment='nope' is not an experiment; defined: coding-assistant", ()),
+    ("timeline: {experiment: coding-assistant, system: pythia-x, load: c8, seed: 0}\n",
+     "timeline.system='pythia-x' is not a system of experiment coding-assistant", ()),
+    ("timeline: {experiment: coding-assistant, system: pythia, load: c3, seed: 0}\n",
+     "timeline.load='c3' is not a load level of experiment coding-assistant; its levels: c2, c4, c6, c8", ()),
+    ("experiments:\n  r: {workload: workloads/chat.yaml, rate: [.nan]}\ntimeline: null\n",
+     "experiments.r.rate[0]=nan is not a finite number", ()),
+    ("experiments:\n  r: {workload: workloads/chat.yaml, rate: [1, .inf]}\n",
+     "experiments.r.rate[1]=inf is not a finite number", ()),
+    ("experiments:\n  claude-code: {needs_traces: 'true'}\n",
+     "experiments.claude-code.needs_traces: 'true' is not of type 'boolean'", ()),
+    ("experiments:\n  r: {workload: workloads/chat.yaml, concurrency: [2.0]}\n",
+     "experiments.r.concurrency[0]: 2.0 is not of type 'integer'", ()),
+    ("experiments:\n  deep-research: {rate: [1]}\n",
+     "experiments.deep-research needs exactly one of concurrency and rate", ()),
+    ("sede: 1\n", "sede=1 is not a known field; known: experiments, real, seed", ()),
+    ("experiments:\n  a/b: {workload: workloads/chat.yaml, concurrency: [2]}\n",
+     "experiments: 'a/b' does not match", ()),
+    ("real: {backend: vllm-cpu, systems: [vllm], experiments: {deep-research: {workload: workloads/chat.yaml, concurrency: [2]}}}\n",
+     "real.experiments.deep-research has the same name as experiments.deep-research", ()),
+    ("seeds: [0]\n", "--config: systems[1]='zz' is not a system in baselines/", ("--config", 'systems=["vllm","zz"]')),
+]
+
+
+@pytest.mark.parametrize("text, needle, extra", BAD_CONFIGS, ids=[f"{i:02d}" for i in range(len(BAD_CONFIGS))])
+def test_a_bad_config_reference_stops_the_dry_run_naming_file_and_field(
+    tmp_path: Path, text: str, needle: str, extra: tuple[str, ...]
+) -> None:
+    (tmp_path / "cluster.yaml").write_text("pools: {}\n")
+    (tmp_path / "traces").mkdir()  # an empty traces folder: experiments that need traces are skipped
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("{tmp}", str(tmp_path)))
+    env = {**os.environ, "PYTHIA_TRACES": str(tmp_path / "traces")}
+    proc = subprocess.run([*SNAKEMAKE, "-n", "--configfile", str(bad), *extra], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Building DAG" not in out and "Job stats" not in out  # stopped before any job was planned
+    expected = needle.replace("{tmp}", str(tmp_path))
+    if not expected.startswith(("--config: ", "config/config.yaml: ")):
+        expected = f"{bad}: {expected}"
+    source = expected.split(": ")[0] + ": "
+    lines = [ln for ln in out.splitlines() if ln.startswith(source)]
+    assert len(lines) == 1 and lines[0].startswith(expected), out[-2000:]
+
+
+def test_the_shipped_configs_pass_the_check() -> None:
+    # The check runs while the Snakefile is read: listing the rules is enough, no DAG needed.
+    for overlay in sorted((ROOT / "config").glob("*.yaml")):
+        proc = _snakemake("--list-rules", "--configfile", str(overlay.relative_to(ROOT)))
+        assert proc.returncode == 0, f"{overlay.name}: " + (proc.stdout + proc.stderr)[-2000:]

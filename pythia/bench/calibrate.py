@@ -40,6 +40,8 @@ import pandas as pd
 from pythia.errors import PythiaInputError
 
 STEP_LOG = "engine-steps.jsonl"
+# The files of a run folder that calibration reads.
+RUN_INPUTS = (STEP_LOG, "calls.parquet", "summary.json")
 # Steps closer than this are back to back (the engine loop did not wait for work).
 BACK_TO_BACK_S = 0.002
 # The memory branch is kept from binding when only compute is fitted (see the module docstring).
@@ -299,10 +301,15 @@ def profile_yaml(key: str, profile: dict[str, float], source: str) -> str:
 
 def write_profile(path: Path, key: str, profile: dict[str, float], source: str) -> None:
     """Replace (or append) entry ``key`` of an efficiency file; other entries are untouched."""
+    from pythia.outputs import write_atomic
+
     if not path.parent.is_dir():
         raise PythiaInputError(f"{path}: its folder does not exist")
-    text = path.read_text() if path.is_file() else ""
+    try:
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise PythiaInputError(f"{path}: cannot read the efficiency file ({e})") from None
     entry = profile_yaml(key, profile, source)
     pat = re.compile(rf"^{re.escape(key)}:\n(?:[ \t]+.*\n?)*", re.M)
     text = pat.sub(lambda _m: entry, text, count=1) if pat.search(text) else (text.rstrip("\n") + "\n" + entry)
-    path.write_text(text)
+    write_atomic(path, text)  # the other entries are never lost to a write cut short

@@ -18,6 +18,7 @@ from pythia.errors import PythiaInputError
 from pythia.serve.cli import BACKENDS
 
 TINY_CONTEXT = 4096
+MIN_MODEL_LEN = 16
 
 
 def _model_for(backend: str, model: str | None) -> str:
@@ -34,13 +35,43 @@ def _model_for(backend: str, model: str | None) -> str:
     return str(make_tiny_model(default_cache_dir()))
 
 
+def _check_run_out(args: argparse.Namespace) -> None:
+    """Refuse a ``--out`` that cannot take the run folder, before the model or the engine starts."""
+    from pythia.bench.run import RUN_FOLDER_FILES
+    from pythia.cli import workload_inputs
+    from pythia.outputs import check_output_path
+
+    inputs, _ = workload_inputs(args.workload)
+    if args.model:
+        inputs.append(Path(args.model))
+    if args.system and Path(args.system).exists():
+        inputs.append(Path(args.system))
+    check_output_path(args.out, kind="dir", what="option --out", inputs=inputs, writes=RUN_FOLDER_FILES)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pythia.bench.run import RunOptions, real_run
     from pythia.cli import load_options_from_args
     from pythia.workflow.load import load_workload
 
-    if args.max_model_len is not None and args.max_model_len < 16:
-        raise PythiaInputError(f"option --max-model-len={args.max_model_len} must be at least 16")
+    # Argument checks first, in the order a user fixes them: nothing is loaded or started yet.
+    if not args.workload.exists():
+        raise PythiaInputError(f"{args.workload}: no such file or directory")
+    if args.max_model_len is not None and args.max_model_len < MIN_MODEL_LEN:
+        raise PythiaInputError(f"option --max-model-len={args.max_model_len} must be at least {MIN_MODEL_LEN}")
+    if args.model and not Path(args.model).exists():
+        raise PythiaInputError(f"option --model={args.model}: no such folder")
+    if not args.model and args.backend != "vllm-cpu":
+        raise PythiaInputError(f"option --model is required with --backend {args.backend} (a local model folder)")
+    if args.backend == "sglang":
+        import importlib.util
+
+        if importlib.util.find_spec("sglang") is None:
+            raise PythiaInputError(
+                "option --backend sglang: SGLang is not installed here (it serves on GPU hosts only); "
+                "`pythia serve command --backend sglang --model M --check` prints and checks its command"
+            )
+    _check_run_out(args)
     # Gaps are scaled by the replay client as it waits them (RunOptions.gap_scale), not here.
     trace = load_workload(args.workload, dataclasses.replace(load_options_from_args(args), gap_scale=1.0))
     if not trace.jobs:
@@ -54,14 +85,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         tensor_parallel_size=args.tensor_parallel_size, extra_engine_args=list(args.engine_arg),
         progress=sys.stderr.isatty(), step_log=args.step_log, warmup=not args.no_warmup,
     )
-    if args.backend == "sglang":
-        import importlib.util
-
-        if importlib.util.find_spec("sglang") is None:
-            raise PythiaInputError(
-                "option --backend sglang: SGLang is not installed here (it serves on GPU hosts only); "
-                "`pythia serve command --backend sglang --model M --check` prints and checks its command"
-            )
     from pythia.serve.server import EngineStartError
 
     try:
@@ -76,9 +99,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary.get("calls_failed", 0) == 0 else 1
 
 
+def _check_calibrate_outputs(args: argparse.Namespace) -> None:
+    """Refuse ``--write`` and ``--report`` paths that cannot be written or that name an input, before fitting."""
+    from pythia.bench.calibrate import RUN_INPUTS
+    from pythia.outputs import check_distinct_outputs, check_output_path
+
+    inputs = [*args.runs, *(run / name for run in args.runs for name in RUN_INPUTS)]
+    for what, path in (("option --write", args.write), ("option --report", args.report)):
+        if path is not None:
+            check_output_path(path, kind="file", what=what, inputs=inputs)
+    check_distinct_outputs([("option --write", args.write), ("option --report", args.report)])
+    if args.write is not None and args.write.is_file():
+        try:  # the entry is spliced into the file's text: it must be text
+            args.write.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise PythiaInputError(f"option --write={args.write} is not a readable text file ({e})") from None
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from pythia.bench.calibrate import calibrate_runs, profile_yaml, write_profile
+    from pythia.sim.costmodel import gpu_spec, model_shape
 
+    _check_calibrate_outputs(args)
+    # Unknown names fail here, naming the known ones, before any run folder is read.
+    gpu_spec(args.gpu)
+    model_shape(args.model)
     res = calibrate_runs(args.runs, args.gpu, args.model)
     source = f"{len(args.runs)} run(s) ({', '.join(r.name for r in args.runs)})"
     st, fe = res["steps"], res["frontend"]
@@ -92,13 +137,15 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         print(profile_yaml(res["key"], res["profile"], source), end="")
     if args.report:
-        args.report.write_text(json.dumps(res, indent=1, default=str) + "\n")
+        from pythia.outputs import write_atomic
+
+        write_atomic(args.report, json.dumps(res, indent=1, default=str) + "\n")
     return 0
 
 
 def register(subparsers: Any) -> None:
     """Add ``run`` and ``calibrate`` to the ``pythia`` command."""
-    from pythia.cli import add_workload_options
+    from pythia.cli import add_workload_options, positive_float, positive_int
 
     rn = subparsers.add_parser(
         "run", help="start one engine with a system's flags, replay a workload against it, write the run tables",
@@ -115,12 +162,12 @@ def register(subparsers: Any) -> None:
                       help="load the Pythia scheduler plugin (default: when the system's policies are not stock)")
     plug.add_argument("--no-plugin", dest="plugin", action="store_false")
     rn.add_argument("--hooks", help="the plugin's hooks (default system:NAME)")
-    rn.add_argument("--max-model-len", type=int, help=f"context length (tiny model default {TINY_CONTEXT}); longer calls are clamped")
-    rn.add_argument("--num-blocks", type=int, help="force the KV pool to this many blocks")
-    rn.add_argument("--start-timeout-s", type=float, default=300.0)
-    rn.add_argument("--max-duration-s", type=float, default=3600.0, help="stop issuing calls after this long")
-    rn.add_argument("--max-calls", type=int, default=100_000, help="most requests to send")
-    rn.add_argument("--tensor-parallel-size", type=int, default=1)
+    rn.add_argument("--max-model-len", type=positive_int, help=f"context length (tiny model default {TINY_CONTEXT}); longer calls are clamped")
+    rn.add_argument("--num-blocks", type=positive_int, help="force the KV pool to this many blocks")
+    rn.add_argument("--start-timeout-s", type=positive_float, default=300.0)
+    rn.add_argument("--max-duration-s", type=positive_float, default=3600.0, help="stop issuing calls after this long")
+    rn.add_argument("--max-calls", type=positive_int, default=100_000, help="most requests to send")
+    rn.add_argument("--tensor-parallel-size", type=positive_int, default=1)
     rn.add_argument("--engine-arg", action="append", default=[], metavar="ARG",
                     help="an extra engine argument, repeatable (e.g. --engine-arg=--enforce-eager)")
     rn.add_argument("--no-warmup", action="store_true",

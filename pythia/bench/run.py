@@ -7,6 +7,9 @@
 - ``engine.log``: the server's output; ``plugin-stats.json`` and ``plugin-events.jsonl``
   when the Pythia scheduler plugin ran (its counters and per-request events, from which the
   calls' ``queue_s`` and ``preemptions`` are filled in).
+
+The tables are written atomically and ``summary.json`` last (:func:`pythia.results.write_run`);
+files a previous run left in the folder that this run would read back are removed first.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from pythia.bench.metrics import ENGINE_COLUMNS, GPU_COLUMNS, NvmlSampler, Prome
 from pythia.bench.replay import ReplayOptions, ReplayResult, run_replay, warm_up
 from pythia.bench.tokens import TokenSpace
 from pythia.errors import PythiaInputError
-from pythia.results import TIMESERIES_COLUMNS, write_json, write_parquet
+from pythia.outputs import write_atomic
+from pythia.results import RUN_FILES, RUN_TABLES, SUMMARY_FILE, TIMESERIES_COLUMNS, write_run
 from pythia.serve.engines import EngineLaunch, build_launch, check_launch, engine_flags
 from pythia.serve.server import EngineServer, free_port
 from pythia.workflow.trace import Trace
@@ -38,6 +42,10 @@ from pythia.workflow.trace import Trace
 log = logging.getLogger("pythia.bench")
 TS_COLUMNS = TIMESERIES_COLUMNS + ("source", "device") + ENGINE_COLUMNS + GPU_COLUMNS
 _CALL_ID = re.compile(r"pythia-[0-9a-f]+")
+# Written by the engine's plugin during the run and read back at its end.
+PLUGIN_FILES = ("plugin-stats.json", "plugin-events.jsonl", "engine-steps.jsonl")
+# Every file a run writes into its folder (``pythia run`` checks --out against them first).
+RUN_FOLDER_FILES = RUN_FILES + PLUGIN_FILES + ("engine.log", "engine-command.json")
 
 
 @dataclass
@@ -217,6 +225,10 @@ def real_run(trace: Trace, opts: RunOptions) -> dict[str, Any]:
     tail) when the engine does not start.
     """
     opts.out.mkdir(parents=True, exist_ok=True)
+    # A summary from an earlier run would make the folder look complete; plugin files from
+    # one would be read back as this run's if the plugin wrote none this time.
+    for name in (SUMMARY_FILE, *PLUGIN_FILES):
+        (opts.out / name).unlink(missing_ok=True)
     port = free_port()
     launch, system_name = build_run_launch(opts, port)
     problems = check_launch(launch)
@@ -224,7 +236,7 @@ def real_run(trace: Trace, opts: RunOptions) -> dict[str, Any]:
         raise PythiaInputError(f"the {launch.backend} command is invalid: {'; '.join(problems)}")
     for note in launch.notes:
         log.warning("%s", note)
-    (opts.out / "engine-command.json").write_text(json.dumps({"argv": launch.argv, "env": launch.env}, indent=2) + "\n")
+    write_atomic(opts.out / "engine-command.json", json.dumps({"argv": launch.argv, "env": launch.env}, indent=2) + "\n")
     space = TokenSpace.for_model(opts.model)
     wall0 = time.monotonic()
     # GPU backends pin one device for the engine (Snakemake counts GPUs but assigns none).
@@ -279,8 +291,5 @@ def real_run(trace: Trace, opts: RunOptions) -> dict[str, Any]:
     stats_path = opts.out / "plugin-stats.json"
     if launch.plugin and stats_path.is_file():
         summary["plugin_stats"] = json.loads(stats_path.read_text())
-    write_parquet(result.calls, opts.out / "calls.parquet")
-    write_parquet(result.jobs, opts.out / "jobs.parquet")
-    write_parquet(ts, opts.out / "timeseries.parquet")
-    write_json(summary, opts.out / "summary.json")
+    write_run(opts.out, dict(zip(RUN_TABLES, (result.calls, result.jobs, ts))), summary)
     return summary

@@ -350,10 +350,11 @@ def is_canonical_trace(path: Path) -> bool:
 
 def write_trace(trace: Trace, path: str | Path) -> None:
     """Write ``trace`` as canonical JSON Lines (gzip when the name ends in ``.gz``)."""
+    from pythia.outputs import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.ExitStack() as stack:
+    # The trace appears under its name only once complete; a failure leaves no temporary file.
+    with atomic_path(path) as tmp, contextlib.ExitStack() as stack:
         raw = stack.enter_context(open(tmp, "wb"))
         if path.suffix == ".gz":  # mtime=0: the same trace gives byte-identical files
             raw = stack.enter_context(gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0))
@@ -362,7 +363,6 @@ def write_trace(trace: Trace, path: str | Path) -> None:
         fh.write(json.dumps(header, separators=(",", ":")) + "\n")
         for job in trace.jobs:
             fh.write(json.dumps(job.to_json(), separators=(",", ":")) + "\n")
-    tmp.replace(path)  # never leave a half-written trace under the real name
 
 
 def read_trace(path: str | Path) -> Trace:

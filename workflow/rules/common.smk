@@ -1,33 +1,211 @@
 # Shared definitions: configuration check, the workloads, systems and runs of the grid.
+import json
+import math
 import os
 import sys
+from functools import lru_cache
 from pathlib import Path
 
+import jsonschema
 import yaml
-from snakemake.utils import validate
-
-validate(config, "../schemas/config.schema.json")
+from snakemake.exceptions import WorkflowError
 
 PYTHIA = f"{sys.executable} -m pythia"
 # The conda environment of every rule (used with --use-conda; pip users have .venv).
 ENV = "../../environment.yml"
 SPECS = sorted(glob_wildcards("workloads/{spec}.yaml").spec)
+
+# ------------------------------------------------------------------ configuration check
+# Every mistake in the configuration stops the run here, before any job starts, with one
+# sentence naming the config file that set the field, the field and the fix.
+
+_CLI_CONFIGFILES = [Path(p) for p in workflow.config_settings.configfiles]
+# Merged in this order, later files winning: the Snakefile's configfile, then --configfile's.
+CONFIG_FILES = [Path(p) for p in workflow.configfiles[len(_CLI_CONFIGFILES) :]] + _CLI_CONFIGFILES
+
+
+def _shown(path):
+    """A config file's name as the user would type it (relative to here when inside)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@lru_cache(maxsize=None)
+def _config_file_data(path):
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh) or {}
+
+
+def config_source(field):
+    """Where ``field`` (a tuple of keys and indices) was set: ``--config``, else the last config file holding it."""
+    if not field:
+        return _shown(CONFIG_FILES[0]) if CONFIG_FILES else "the configuration"
+    sources = [("--config", dict(workflow.config_settings.config))]
+    sources += [(_shown(p), _config_file_data(str(p))) for p in reversed(CONFIG_FILES)]
+    for name, node in sources:
+        for key in field:
+            if isinstance(node, dict) and key in node:
+                node = node[key]
+            elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+                node = node[key]
+            else:
+                break
+        else:
+            return name
+    return "the configuration"
+
+
+def field_name(field):
+    """``experiments.coding-assistant.rate[0]`` for ``("experiments", "coding-assistant", "rate", 0)``."""
+    out = ""
+    for key in field:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+    return out or "(top level)"
+
+
+def config_error(field, problem):
+    """The error for ``field``: ``FILE: FIELD=VALUE problem`` (the value taken from the merged config)."""
+    value = config
+    for key in field:
+        value = value[key]
+    return WorkflowError(f"{config_source(field)}: {field_name(field)}={value!r} {problem}")
+
+
+def _check_finite(node, field=()):
+    """Refuse NaN and infinity anywhere (YAML's .nan and .inf); JSON Schema cannot express it."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise config_error(field, "is not a finite number")
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        _check_finite(value, (*field, key))
+
+
+# An integer is an int, never a float such as 2.0 (which would reach a command line as "2.0").
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, x: isinstance(x, int) and not isinstance(x, bool)
+    ),
+)
+
+
+def _check_schema():
+    with open(Path(workflow.current_basedir) / "../schemas/config.schema.json", encoding="utf-8") as fh:
+        schema = json.load(fh)
+    error = jsonschema.exceptions.best_match(_Validator(schema).iter_errors(config))
+    if error is None:
+        return
+    field = tuple(error.absolute_path)
+    if error.validator == "oneOf" or (error.parent is not None and error.parent.validator == "oneOf"):
+        if error.parent is not None:
+            field = tuple(error.parent.absolute_path)
+        raise WorkflowError(
+            f"{config_source(field)}: {field_name(field)} needs exactly one of concurrency and rate (its load levels); "
+            "an overlay's experiment is merged into the base config's experiment of the same name"
+        )
+    if error.validator == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in known)[0]
+        raise config_error((*field, extra), f"is not a known field; known: {', '.join(known)}")
+    if error.validator == "required":
+        missing = next(k for k in error.validator_value if k not in error.instance)
+        raise WorkflowError(f"{config_source(field)}: field {field_name((*field, missing))} is missing")
+    message = error.message.splitlines()[0]
+    raise WorkflowError(f"{config_source(field)}: {field_name(field)}: {message[:300]}")
+
+
+_check_finite(config)
+_check_schema()
+
 TRACES_DIR = Path(os.environ.get("PYTHIA_TRACES") or config["traces_dir"])
 TRACE_SETS = sorted(p.name for p in TRACES_DIR.iterdir() if p.is_dir()) if TRACES_DIR.is_dir() else []
 if not TRACE_SETS:
     print(f"public traces not found at {TRACES_DIR}; running synthetic workloads only", file=sys.stderr)
-
-# Unknown systems stop the run here, before any job starts, naming the field.
-_known_systems = sorted(p.stem for p in Path("baselines").glob("*.yaml"))
 REAL = config.get("real") or {"backend": "vllm-cpu", "systems": [], "experiments": {}}
-_system_lists = [("systems", config["systems"]), ("real.systems", REAL["systems"])]
-_system_lists += [(f"experiments.{n}.systems", e["systems"]) for n, e in config["experiments"].items() if "systems" in e]
-for _field, _names in _system_lists:
-    for _i, _system in enumerate(_names):
-        if _system not in _known_systems:
-            raise ValueError(
-                f"config field {_field}[{_i}]: unknown system {_system!r}; known: {', '.join(_known_systems)}"
+
+
+def _experiment_fields():
+    """``(field, experiment)`` of every experiment, simulated and real."""
+    out = [(("experiments", n), e) for n, e in config["experiments"].items()]
+    return out + [(("real", "experiments", n), e) for n, e in REAL["experiments"].items()]
+
+
+def _check_references():
+    """Every name the config refers to exists: systems, clusters, workloads, the timeline's run."""
+    from pythia.errors import PythiaInputError
+    from pythia.sim.config import cluster_presets, load_cluster
+
+    known_systems = sorted(p.stem for p in Path("baselines").glob("*.yaml"))
+    lists = [(("systems",), config["systems"])]
+    if config.get("real"):
+        lists.append((("real", "systems"), REAL["systems"]))
+    lists += [((*f, "systems"), e["systems"]) for f, e in _experiment_fields() if "systems" in e]
+    for field, names in lists:
+        for i, name in enumerate(names):
+            if name not in known_systems:
+                raise config_error((*field, i), f"is not a system in baselines/; known: {', '.join(known_systems)}")
+    presets = cluster_presets()
+    for field, exp in _experiment_fields():
+        name = field[-1]
+        if field[0] == "real" and name in config["experiments"]:
+            raise WorkflowError(
+                f"{config_source(field)}: {field_name(field)} has the same name as experiments.{name}; "
+                "give the real experiment its own name (its simulated twin is run under that name)"
             )
+        cluster = exp.get("cluster")
+        if cluster is not None:
+            if cluster not in presets and not Path(cluster).is_file():
+                raise config_error(
+                    (*field, "cluster"), f"is not a cluster preset or a file; known presets: {', '.join(presets)}"
+                )
+            try:
+                load_cluster(cluster)
+            except PythiaInputError as e:
+                raise config_error((*field, "cluster"), f"is not a valid cluster ({e})") from None
+        workload = Path(exp["workload"].replace("{traces}", str(TRACES_DIR)))
+        if not exp.get("needs_traces"):
+            if not workload.exists():
+                raise config_error(
+                    (*field, "workload"),
+                    f"does not exist ({workload}); set needs_traces: true to skip it when the traces are absent"
+                    if "{traces}" in exp["workload"]
+                    else "does not exist",
+                )
+            if workload.is_dir() and not any(p.is_file() for p in workload.iterdir()):
+                raise config_error((*field, "workload"), "is a folder holding no workload file")
+    tl = config.get("timeline")
+    if tl:
+        exps = {**REAL["experiments"], **config["experiments"]}
+        if tl["experiment"] not in exps:
+            raise config_error(("timeline", "experiment"), f"is not an experiment; defined: {', '.join(exps)}")
+        exp = exps[tl["experiment"]]
+        systems = exp.get("systems", config["systems"])
+        if tl["system"] not in systems:
+            raise config_error(
+                ("timeline", "system"), f"is not a system of experiment {tl['experiment']}; its systems: {', '.join(systems)}"
+            )
+        if tl["load"] not in load_levels(exp):
+            raise config_error(
+                ("timeline", "load"), f"is not a load level of experiment {tl['experiment']}; its levels: "
+                + ", ".join(load_levels(exp))
+            )
+        seeds = exp.get("seeds", config["seeds"])
+        if tl["seed"] not in seeds:
+            raise config_error(
+                ("timeline", "seed"), f"is not a seed of experiment {tl['experiment']}; its seeds: {', '.join(map(str, seeds))}"
+            )
+
+
+def load_levels(exp):
+    """Run-directory names of an experiment's load levels: c<N> or r<R>."""
+    if "concurrency" in exp:
+        return [f"c{n}" for n in exp["concurrency"]]
+    return [f"r{r:g}" for r in exp["rate"]]
+
+
+_check_references()
 
 
 def experiment_workload(name):
@@ -42,13 +220,6 @@ for _name, _exp in {**REAL["experiments"], **config["experiments"]}.items():
         print(f"experiment {_name}: skipped, {experiment_workload(_name)} not found", file=sys.stderr)
         continue
     EXPERIMENTS[_name] = _exp
-
-
-def load_levels(exp):
-    """Run-directory names of an experiment's load levels: c<N> or r<R>."""
-    if "concurrency" in exp:
-        return [f"c{n}" for n in exp["concurrency"]]
-    return [f"r{r:g}" for r in exp["rate"]]
 
 
 _tl = config.get("timeline")
