@@ -402,7 +402,9 @@ class Replica:
                 admitted += 1
         # The admission loop stopped on blocks (not budget, queue or max_num_seqs) with a call still waiting.
         blocked = budget > 0 and bool(self.waiting) and len(running) < flags.max_num_seqs
-        if budget > 0 and self.background and not self.waiting and not preempted:
+        # Precompute runs only on an idle replica (no call running or waiting): a background
+        # prefill chunk in a batch with decodes would slow every running call's next token.
+        if budget > 0 and self.background and not self.waiting and not running and not preempted:
             for req in self.background:
                 if budget <= 0:
                     break
