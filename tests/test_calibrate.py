@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +241,51 @@ def test_cpu_profile_raises_the_block_size_as_the_real_launch_does() -> None:
     # GPU clusters keep the system's block size.
     gpu = Simulation(system, load_cluster("llama8b-x8"), _fanout_trace(1, "llama-3.1-8b"), SimOptions(seed=0, progress=False))
     assert gpu.cluster.flags.block_size == 16
+
+
+def _break_summary(run: Path, text: str) -> None:
+    (run / "summary.json").write_text(text)
+
+
+def _break_calls(run: Path, change: str) -> None:
+    calls = pd.read_parquet(run / "calls.parquet")
+    if change == "drop-ttft":
+        calls = calls.drop(columns="ttft_s")
+    elif change == "text-issue":
+        calls["issue_s"] = calls["issue_s"].astype(str)
+    elif change == "inf-finish":
+        calls.loc[0, "finish_s"] = float("inf")
+    calls.to_parquet(run / "calls.parquet")
+
+
+def _break_log(run: Path, line: str) -> None:
+    text = (run / "engine-steps.jsonl").read_text().splitlines(keepends=True)
+    text.insert(3, line + "\n")
+    (run / "engine-steps.jsonl").write_text("".join(text))
+
+
+# Malformed calibration runs: each row breaks one file of a good run folder.
+CALIBRATION_CASES = [
+    ("summary-not-json", lambda r: _break_summary(r, "{"), "summary.json", "not valid JSON"),
+    ("summary-nan-origin", lambda r: _break_summary(r, '{"clock_origin_monotonic_s": NaN}'), "summary.json", "NaN"),
+    ("summary-a-list", lambda r: _break_summary(r, "[1]"), "summary.json", "JSON object"),
+    ("summary-string-origin", lambda r: _break_summary(r, '{"clock_origin_monotonic_s": "0"}'), "summary.json", "must be a number"),
+    ("summary-no-origin", lambda r: _break_summary(r, "{}"), "summary.json", "clock_origin_monotonic_s"),
+    ("calls-not-parquet", lambda r: (r / "calls.parquet").write_text("x"), "calls.parquet", "Parquet"),
+    ("calls-missing-column", lambda r: _break_calls(r, "drop-ttft"), "calls.parquet", "ttft_s"),
+    ("calls-text-column", lambda r: _break_calls(r, "text-issue"), "calls.parquet", "issue_s"),
+    ("calls-infinite", lambda r: _break_calls(r, "inf-finish"), "calls.parquet", "infinite"),
+    ("log-bad-record", lambda r: _break_log(r, '{"s": 1.0}'), "engine-steps.jsonl:4", "step-log record"),
+    ("log-nan", lambda r: _break_log(r, '{"add": "x", "t": NaN}'), "engine-steps.jsonl:4", "NaN"),
+    ("log-not-utf8", lambda r: (r / "engine-steps.jsonl").write_bytes(b'{"add": "\xff", "t": 1}\n' * 3), "engine-steps.jsonl", "UTF-8"),
+]
+
+
+@pytest.mark.parametrize("case, breaks, file, needle", CALIBRATION_CASES, ids=[c[0] for c in CALIBRATION_CASES])
+def test_malformed_calibration_run(tmp_path: Path, case: str, breaks: Any, file: str, needle: str) -> None:
+    run = _write_run(tmp_path)
+    breaks(run)
+    with pytest.raises(PythiaInputError) as e:
+        calibrate_run(run, GPU, MODEL)
+    msg = str(e.value)
+    assert "\n" not in msg and file in msg and needle in msg, msg

@@ -27,7 +27,6 @@ the same procedure serves a GPU host: ``pythia run --backend vllm --step-log ...
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -37,11 +36,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from pythia import inputs
 from pythia.errors import PythiaInputError
 
 STEP_LOG = "engine-steps.jsonl"
 # The files of a run folder that calibration reads.
 RUN_INPUTS = (STEP_LOG, "calls.parquet", "summary.json")
+CALL_INPUT_COLUMNS = ("job_id", "call_id", "status", "issue_s", "ttft_s", "finish_s")
 # Steps closer than this are back to back (the engine loop did not wait for work).
 BACK_TO_BACK_S = 0.002
 # The memory branch is kept from binding when only compute is fitted (see the module docstring).
@@ -62,23 +63,24 @@ def read_step_log(path: Path) -> StepLog:
     """Parse ``engine-steps.jsonl``; a malformed line names the file and line."""
     adds: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for no, line in enumerate(f, 1):
-            if not line.strip():
+    for no, line in inputs.iter_lines(path, "step log"):
+        if not line.strip():
+            continue
+        try:
+            d = inputs.parse_json(line, f"{path}:{no}")
+            if "add" in d:
+                adds[str(d["add"])] = float(d["t"])
+            else:
+                rows.append({"s": float(d["s"]), "e": float(d["e"]), "S": int(d["S"]), "T": int(d["T"]),
+                             "sampled": int(d["sampled"]), "pairs": int(d["pairs"]), "kv": int(d["kv"]),
+                             "first": list(d.get("first", ())), "done": list(d.get("done", ()))})
+        except (PythiaInputError, ValueError, KeyError, TypeError) as e:
+            if no == 1 or not line.endswith("\n"):
+                # The last line of a log cut by a crash may be partial: skip it.
                 continue
-            try:
-                d = json.loads(line)
-                if "add" in d:
-                    adds[str(d["add"])] = float(d["t"])
-                else:
-                    rows.append({"s": float(d["s"]), "e": float(d["e"]), "S": int(d["S"]), "T": int(d["T"]),
-                                 "sampled": int(d["sampled"]), "pairs": int(d["pairs"]), "kv": int(d["kv"]),
-                                 "first": list(d.get("first", ())), "done": list(d.get("done", ()))})
-            except (ValueError, KeyError, TypeError) as e:
-                if no == 1 or not line.endswith("\n"):
-                    # The last line of a log cut by a crash may be partial: skip it.
-                    continue
-                raise PythiaInputError(f"{path}:{no}: not a step-log record ({type(e).__name__}: {e})") from None
+            if isinstance(e, PythiaInputError):
+                raise
+            raise PythiaInputError(f"{path}:{no}: not a step-log record ({type(e).__name__}: {e})") from None
     steps = pd.DataFrame(rows, columns=["s", "e", "S", "T", "sampled", "pairs", "kv", "first", "done"])
     return StepLog(adds, steps)
 
@@ -256,9 +258,16 @@ def calibrate_runs(runs: Sequence[Path], gpu: str, model: str) -> dict[str, Any]
             if not (run / name).is_file():
                 raise PythiaInputError(f"{run / name} does not exist; is {run} a finished `pythia run` folder?")
         log = read_step_log(path)
-        calls = pd.read_parquet(run / "calls.parquet")
-        summary = json.loads((run / "summary.json").read_text())
+        calls = inputs.read_parquet(
+            run / "calls.parquet", "calls table", required=CALL_INPUT_COLUMNS,
+            numeric=("call_id", "issue_s", "ttft_s", "finish_s"),
+        )
+        summary = inputs.load_json(run / "summary.json", "run summary")
+        if not isinstance(summary, dict):
+            raise PythiaInputError(f"{run / 'summary.json'}: a run summary must be a JSON object")
         origin = summary.get("clock_origin_monotonic_s")
+        if isinstance(origin, bool) or (origin is not None and not isinstance(origin, (int, float))):
+            raise PythiaInputError(f"{run / 'summary.json'}: field clock_origin_monotonic_s must be a number, not {origin!r}")
         if origin is None:
             raise PythiaInputError(f"{run / 'summary.json'} has no clock_origin_monotonic_s; rerun with this version of `pythia run`")
         # Only the replay's steps: the warm-up before it ran a cold engine on purpose. Runs
