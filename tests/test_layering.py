@@ -22,6 +22,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "pythia.workflow": ("pythia.profiler", "pythia.policy", "pythia.sim", "pythia.serve", "pythia.bench") + UPPER,
     "pythia.outputs": ("pythia.workflow", "pythia.results", "pythia.profiler", "pythia.policy", "pythia.sim", "pythia.serve", "pythia.bench") + UPPER,
     "pythia.inputs": ("pythia.workflow", "pythia.results", "pythia.profiler", "pythia.policy", "pythia.sim", "pythia.serve", "pythia.bench") + UPPER,
+    "pythia.regime": ("pythia.workflow", "pythia.profiler", "pythia.policy", "pythia.sim", "pythia.serve", "pythia.bench") + UPPER,
     "pythia.results": ("pythia.profiler", "pythia.policy", "pythia.sim", "pythia.serve", "pythia.bench") + UPPER,
     "pythia.profiler": ("pythia.policy", "pythia.sim", "pythia.serve", "pythia.bench") + UPPER,
     # Policies are engine-agnostic: no simulator, no vLLM, no serving code.

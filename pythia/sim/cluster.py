@@ -13,6 +13,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from pythia.errors import PythiaInputError
 from pythia.policy.base import CacheAction, Policies
 from pythia.policy.systems import EngineFlags
 from pythia.sim.config import ClusterConfig, PoolConfig
@@ -95,12 +96,13 @@ class Cluster:
         self._pool_of_model: dict[str, Pool] = {}
         self.cache_acts = policies.cache.acts  # else the cache hooks are never called
         for pc in config.pools:
-            cost = CostModel(config.gpu, pc.model, pc.tp, gpu_memory_utilization=flags.gpu_memory_utilization,
-                             max_num_batched_tokens=flags.max_num_batched_tokens)
+            try:
+                cost = CostModel(config.gpu, pc.model, pc.tp, gpu_memory_utilization=flags.gpu_memory_utilization,
+                                 max_num_batched_tokens=flags.max_num_batched_tokens, kv_cache_tokens=pc.kv_cache_tokens)
+            except PythiaInputError as e:
+                raise PythiaInputError(f"cluster {config.name}: pool {pc.name}: {e}") from None
             pool = Pool(pc, cost, config.context_len(pc))
             if cost.kv_blocks(flags.block_size) < 1:
-                from pythia.errors import PythiaInputError
-
                 raise PythiaInputError(
                     f"cluster {config.name}: pool {pc.name}: {pc.model} at TP {pc.tp} leaves no memory for KV on {config.gpu}"
                 )

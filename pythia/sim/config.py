@@ -31,6 +31,10 @@ class PoolConfig:
         min_replicas / max_replicas: bounds an autoscaler may move within.
         max_model_len: context served (default: the model's); longer calls are clamped.
         aliases: further trace model names that map to this pool.
+        kv_cache_tokens: KV cache per replica in tokens, in place of what memory leaves after
+            weights and activations (0: from memory). The knob that moves KV pressure without
+            changing the workload; on a real vLLM engine it is ``--num-gpu-blocks-override``
+            (this figure divided by the block size). It cannot exceed what memory holds.
     """
 
     name: str
@@ -41,6 +45,7 @@ class PoolConfig:
     max_replicas: int = 1
     max_model_len: int = 0
     aliases: tuple[str, ...] = ()
+    kv_cache_tokens: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.replicas <= self.max_replicas or self.max_replicas < 1:
@@ -137,6 +142,7 @@ def parse_cluster(obj: Any, where: str, doc: inputs.YamlDocument | None = None) 
                 max_replicas=int(p.get("max_replicas", max(1, replicas))),
                 max_model_len=int(p.get("max_model_len", 0)),
                 aliases=tuple(str(a) for a in p.get("aliases", ())),
+                kv_cache_tokens=int(p.get("kv_cache_tokens", 0)),
             ))
         except PythiaInputError as e:
             loc = where if doc is None else doc.where(("pools", pname)).rsplit(": ", 1)[0]

@@ -110,7 +110,7 @@ class CostModel:
     """Iteration cost and KV capacity of one replica (a model on ``tp`` GPUs of one kind)."""
 
     def __init__(self, gpu: str, model: str, tp: int = 1, *, gpu_memory_utilization: float = 0.92,
-                 max_num_batched_tokens: int = 2048) -> None:
+                 max_num_batched_tokens: int = 2048, kv_cache_tokens: int = 0) -> None:
         if tp not in (1, 2, 4, 8):
             raise PythiaInputError(f"tensor parallel size {tp} must be 1, 2, 4 or 8")
         self.gpu, self.model, self.tp = gpu, model_shape(model), tp
@@ -145,6 +145,14 @@ class CostModel:
             per_gpu = spec["memory_gib"] * GIB * gpu_memory_utilization - m.params * m.dtype_bytes / tp - eff["activation_gib"] * GIB
             kv_bytes = per_gpu * tp
         self.kv_capacity_tokens = max(0, int(kv_bytes // m.kv_bytes_per_token))
+        if kv_cache_tokens:
+            # A KV budget (the KV-pressure knob): what vLLM's --num-gpu-blocks-override sets.
+            if kv_cache_tokens > self.kv_capacity_tokens:
+                raise PythiaInputError(
+                    f"kv_cache_tokens={kv_cache_tokens} exceeds the {self.kv_capacity_tokens} tokens of KV that "
+                    f"{model} at TP {tp} leaves on {gpu} (gpu_memory_utilization {gpu_memory_utilization})"
+                )
+            self.kv_capacity_tokens = kv_cache_tokens
 
     def kv_blocks(self, block_size: int) -> int:
         """KV blocks a replica holds: (memory * utilisation - weights - activation reserve) / block bytes."""
