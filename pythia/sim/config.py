@@ -34,7 +34,8 @@ class PoolConfig:
         kv_cache_tokens: KV cache per replica in tokens, in place of what memory leaves after
             weights and activations (0: from memory). The knob that moves KV pressure without
             changing the workload; on a real vLLM engine it is ``--num-gpu-blocks-override``
-            (this figure divided by the block size). It cannot exceed what memory holds.
+            (this figure divided by the block size). Above what memory holds it models a device
+            with more memory (the low end of a KV-pressure sweep); iteration costs do not change.
     """
 
     name: str

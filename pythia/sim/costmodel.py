@@ -145,13 +145,11 @@ class CostModel:
             per_gpu = spec["memory_gib"] * GIB * gpu_memory_utilization - m.params * m.dtype_bytes / tp - eff["activation_gib"] * GIB
             kv_bytes = per_gpu * tp
         self.kv_capacity_tokens = max(0, int(kv_bytes // m.kv_bytes_per_token))
+        self.kv_memory_tokens = self.kv_capacity_tokens  # what memory leaves, before any budget
         if kv_cache_tokens:
             # A KV budget (the KV-pressure knob): what vLLM's --num-gpu-blocks-override sets.
-            if kv_cache_tokens > self.kv_capacity_tokens:
-                raise PythiaInputError(
-                    f"kv_cache_tokens={kv_cache_tokens} exceeds the {self.kv_capacity_tokens} tokens of KV that "
-                    f"{model} at TP {tp} leaves on {gpu} (gpu_memory_utilization {gpu_memory_utilization})"
-                )
+            # Above what memory holds it models a device with more memory; iteration costs are
+            # unchanged either way.
             self.kv_capacity_tokens = kv_cache_tokens
 
     def kv_blocks(self, block_size: int) -> int:
