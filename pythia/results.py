@@ -34,7 +34,7 @@ CALL_COLUMNS = (
 )
 JOB_COLUMNS = (
     "job_id", "workflow_type", "workflow_id", "start_s", "end_s", "jct_s", "calls", "calls_completed",
-    "completed", "critical_path_calls", "critical_path_gap_s",
+    "completed", "critical_path_calls", "critical_path_gap_s", "lower_bound_jct_s",
 )
 TIMESERIES_COLUMNS = (
     "t_s", "pool", "replica", "state", "batch_size", "queue_len", "kv_used_blocks", "kv_cached_blocks",
@@ -47,8 +47,16 @@ RUN_FILES = RUN_TABLES + (SUMMARY_FILE,)
 
 
 def frame(rows: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> pd.DataFrame:
-    """A data frame of ``rows`` (possibly none) with ``columns``."""
-    return pd.DataFrame.from_records(list(rows), columns=list(columns))
+    """A data frame of ``rows`` (possibly none) with ``columns``.
+
+    A row shorter than ``columns`` gets NaN in the trailing ones: a backend that does not
+    compute an optional column (the replay client has no ``lower_bound_jct_s``) leaves it out.
+    """
+    rows = list(rows)
+    n = len(columns)
+    if any(len(r) < n for r in rows):
+        rows = [tuple(r) + (math.nan,) * (n - len(r)) for r in rows]
+    return pd.DataFrame.from_records(rows, columns=list(columns))
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -91,10 +99,21 @@ def _clean(obj: Any) -> Any:
 
 def summarise(calls: pd.DataFrame, jobs: pd.DataFrame, *, jobs_submitted: int, simulated_s: float,
               wall_s: float) -> dict[str, Any]:
-    """The headline figures of a run."""
+    """The headline figures of a run.
+
+    ``mean_lower_bound_jct_s`` is the mean of the completed jobs' ``lower_bound_jct_s`` and
+    ``jct_stretch`` is ``mean_jct_s`` over it; both are NaN when the jobs table has no bound
+    for some completed job (a real run, which does not compute it).
+    """
     done = calls[calls["status"] == "finished"] if len(calls) else calls
     completed = jobs[jobs["completed"]] if len(jobs) else jobs
     jct = completed["jct_s"].to_numpy(dtype=float) if len(completed) else np.empty(0)
+    if "lower_bound_jct_s" in completed.columns and len(completed):
+        bound = completed["lower_bound_jct_s"].to_numpy(dtype=float)
+    else:
+        bound = np.full(len(jct), np.nan)
+    mean_bound = float(bound.mean()) if len(bound) and not np.isnan(bound).any() else float("nan")
+    mean_jct = float(jct.mean()) if len(jct) else float("nan")
     prompt = float(done["prompt_tokens"].sum()) if len(done) else 0.0
     out_tokens = float(done["output_tokens"].sum()) if len(done) else 0.0
 
@@ -111,10 +130,12 @@ def summarise(calls: pd.DataFrame, jobs: pd.DataFrame, *, jobs_submitted: int, s
         "jobs_completed": int(len(completed)),
         "calls_submitted": int(len(calls)),
         "calls_completed": int(len(done)),
-        "mean_jct_s": float(jct.mean()) if len(jct) else float("nan"),
+        "mean_jct_s": mean_jct,
         "p50_jct_s": pct(jct, 50),
         "p95_jct_s": pct(jct, 95),
         "p99_jct_s": pct(jct, 99),
+        "mean_lower_bound_jct_s": mean_bound,
+        "jct_stretch": mean_jct / mean_bound if mean_bound > 0 else float("nan"),
         "mean_ttft_s": col_mean("ttft_s"),
         "mean_tpot_s": col_mean("tpot_s"),
         "mean_queue_s": col_mean("queue_s"),
