@@ -97,7 +97,8 @@ def gpu_seconds(ts: pd.DataFrame, tp_by_pool: Mapping[str, int]) -> tuple[float,
     """GPU-seconds held (replicas up or starting, times their TP) and replica-seconds starting."""
     if not len(ts) or "replicas_up" not in ts:
         return float("nan"), float("nan")
-    per_pool = ts.drop_duplicates(["t_s", "pool"])[["t_s", "pool", "replicas_up", "replicas_starting"]]
+    # Replica rows carry -1 here; the pool's own row per sample carries the counts.
+    per_pool = ts[ts["replicas_up"] >= 0].drop_duplicates(["t_s", "pool"])[["t_s", "pool", "replicas_up", "replicas_starting"]]
     gpu = start = 0.0
     for pool, g in per_pool.groupby("pool"):
         g = g.sort_values("t_s")

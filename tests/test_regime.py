@@ -51,7 +51,8 @@ def test_load_imbalance() -> None:
 
 
 def test_gpu_seconds_integrates_held_replicas() -> None:
-    ts = pd.DataFrame({"t_s": [0.0, 10.0, 20.0], "pool": ["p"] * 3, "replicas_up": [1, 2, 2], "replicas_starting": [1, 0, 0]})
+    ts = pd.DataFrame({"t_s": [0.0, 0.0, 10.0, 20.0], "pool": ["p"] * 4, "replicas_up": [-1, 1, 2, 2],
+                       "replicas_starting": [-1, 1, 0, 0]})  # a replica's own row carries -1
     gpu, start = gpu_seconds(ts, {"p": 2})
     assert gpu == pytest.approx((2 * 10 + 2 * 10) * 2) and start == pytest.approx(10.0)
 

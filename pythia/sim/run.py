@@ -15,6 +15,7 @@ import pandas as pd
 from pythia.errors import PythiaInputError
 from pythia.policy.base import Policies
 from pythia.policy.systems import System, load_system
+from pythia.regime import regime_summary
 from pythia.results import CALL_COLUMNS, JOB_COLUMNS, TIMESERIES_COLUMNS, frame, summarise, write_json, write_parquet
 from pythia.sim.bounds import lower_bounds
 from pythia.sim.cluster import Cluster
@@ -154,6 +155,12 @@ class Simulation:
         ts = frame(self.ts_rows, TIMESERIES_COLUMNS)
         simulated = now / FS_PER_S
         summary = summarise(calls, jobs, jobs_submitted=runtime.next_job, simulated_s=simulated, wall_s=wall)
+        bs = cluster.flags.block_size
+        summary.update(regime_summary(
+            calls, jobs, ts, block_size=bs, simulated_s=simulated,
+            capacity_blocks={name: pool.cost.kv_blocks(bs) * pool.config.replicas for name, pool in cluster.pools.items()},
+            tp_by_pool={name: pool.config.tp for name, pool in cluster.pools.items()},
+        ))
         counters = cluster.counters()
         summary.update({
             "system": self.system.name,
