@@ -1,23 +1,36 @@
-"""Every system in baselines/ side by side on the paper's setup, at the concurrency where vllm saturates.
+"""Every system across the regimes: load, KV pressure, bursts, and the paper's saturated cell.
 
-Setup: the ``paper`` cluster (8x A100-80GB, Qwen2.5 3B/7B/14B pools), closed loop, the
-coding-assistant and deep-research specs. Evaluation seeds (``EVAL_SEEDS``) are disjoint from
-the development seeds Pythia's knobs were checked on (100-101) and from its warm-start
-history seeds (1000-1001). Steps:
+The paper's claims (up to 2.9x lower mean JCT, 1.96x throughput, P95 1.15-2.02x "at peak
+concurrency") live under saturation with the live KV working set above the KV pool. This
+benchmark goes there and around it, on the simulated ``paper`` cluster (8x A100-80GB, Qwen2.5
+3B/7B/14B pools) unless a cell says otherwise:
 
-1. sweep ``vllm`` over concurrencies per workload; the saturation concurrency is the
-   smallest whose output throughput is within 5% of the sweep's maximum;
-2. at that concurrency run every system in ``baselines/`` (a system that fails to load or
-   run is reported, not hidden);
-3. optionally the Claude Code sessions on the ``long-context`` cluster in closed loop.
+- ``load``: closed loop from light load to beyond the concurrency where vllm's throughput
+  stops rising, jobs = 3 x concurrency (so a P95 rests on enough jobs);
+- ``kv``: a KV-pressure sweep at a saturated load: each pool's ``kv_cache_tokens`` is set so
+  that the KV working-set ratio of vllm's run at natural capacity becomes about 0.5 .. 3
+  (the workload and the iteration costs do not change; see docs/simulator.md);
+- ``headline``: the saturated, KV-oversubscribed cell per workload with three seeds, ratios
+  to vllm paired per seed;
+- ``trace``: the Claude Code sessions on ``long-context`` at enough sessions in flight to
+  pressure KV;
+- ``bursty``: open loop, gamma arrivals, where autoscaling matters (GPU-seconds beside JCT).
 
-Writes ``results/bench/policies.json`` and ``results/bench/policies.md``.
-Run: ``python benchmarks/bench_policies.py [--quick] [--no-traces]``.
+Every run reports its regime (working-set ratio, lower bound, stretch, goodput). Evaluation
+seeds (0-2) are disjoint from the development seeds the knobs were chosen on (100-101) and
+from Pythia's warm-start history seeds (1000-1001).
+
+Writes ``results/bench/policies.json`` and ``results/bench/policies.md`` (and the figures
+``results/bench/policies_*.png``). Run:
+``python benchmarks/bench_policies.py [--quick] [--only load,kv,...] [--render]``.
+Progress goes to stderr; finished runs are kept in ``results/bench/policies.partial.json``,
+so an interrupted benchmark resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -29,205 +42,258 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-EVAL_SEEDS = (0,)
-SWEEP = {"coding-assistant": (8, 16, 32), "deep-research": (16, 32, 64)}
-TARGETS = {"mean_jct": 2.9, "p95_jct": 2.0, "throughput": 1.96, "oracle_gap": 1.15}
-TRACE_CONCURRENCY = 4
-TRACE_SESSIONS = 12
+DEST = ROOT / "results" / "bench"
+PARTIAL = DEST / "policies.partial.json"
+EVAL_SEEDS = (0, 1, 2)
+TARGETS = {"mean_jct": 2.9, "p95_jct": 2.0, "throughput": 1.96, "vs_best": 1.15, "oracle_gap": 1.10}
+MAIN = ("vllm", "sglang", "autellix", "continuum", "kvflow", "thunderagent", "pythia", "oracle")
+ABLATIONS = ("pythia-no-cache", "pythia-no-routing", "pythia-no-priority", "pythia-no-scaling")
+VARIANTS = ("vllm-session-affinity", "vllm-prefix-aware", "vllm-autoscale")
+BASELINE_FAMILIES = {"sglang": "SGLang", "autellix": "Autellix", "continuum": "Continuum", "kvflow": "KVFlow",
+                     "thunderagent": "ThunderAgent", "vllm-session-affinity": "vLLM routers",
+                     "vllm-prefix-aware": "vLLM routers", "vllm-autoscale": "vLLM routers"}
+
+# The cells. A cell: (kind, workload, cluster, load, jobs, seeds, systems, kv_target)
+#   load: {"concurrency": C} or {"arrival": {...}}; kv_target: None (natural capacity) or the
+#   working-set ratio to set with kv_cache_tokens.
+CODING = "workloads/coding-assistant.yaml"
+RESEARCH = "workloads/deep-research.yaml"
 
 
-def run_one(args: tuple[str, str, str, int, int, int | None]) -> dict[str, Any]:
+def cells(quick: bool) -> list[dict[str, Any]]:
+    """The benchmark's cells, in run order (the KV sweep needs vllm's natural run first)."""
+    out: list[dict[str, Any]] = []
+
+    def add(kind: str, workload: str, load: dict[str, Any], jobs: int, seeds: tuple[int, ...], systems: tuple[str, ...],
+            kv_target: float | None = None, cluster: str = "paper", name: str | None = None) -> None:
+        out.append({"kind": kind, "workload": workload, "cluster": cluster, "load": load, "jobs": jobs,
+                    "seeds": list(seeds), "systems": list(systems), "kv_target": kv_target,
+                    "name": name or f"{Path(workload).stem}"})
+
+    loads = {CODING: (4, 16, 64), RESEARCH: (16, 64)}
+    if quick:
+        loads = {CODING: (4, 16), RESEARCH: (16,)}
+    for wl, cs in loads.items():
+        for c in cs:
+            add("load", wl, {"concurrency": c}, 3 * c, (0,), MAIN)
+    # KV pressure at a saturated load: vllm's coding-assistant throughput plateaus from 16 in
+    # flight; deep-research's KV is not pressed by load, so the knob supplies the pressure.
+    kv_cells = {CODING: 16, RESEARCH: 64} if not quick else {CODING: 16}
+    targets = {CODING: (0.5, 1.0, 2.0, 3.0), RESEARCH: (1.0, 2.0, 3.0)} if not quick else {CODING: (1.0, 3.0)}
+    for wl, c in kv_cells.items():
+        for t in targets[wl]:
+            add("kv", wl, {"concurrency": c}, 3 * c, (0,), ("vllm", "autellix", "kvflow", "pythia", "oracle"), kv_target=t)
+    if not quick:
+        # Headline: coding-assistant at 64 in flight (working-set ratio about 7 on the 14B
+        # pool); deep-research at 64 in flight with its KV pool set to a working-set ratio of 2.
+        for wl, c, kv in ((CODING, 64, None), (RESEARCH, 64, 2.0)):
+            add("headline", wl, {"concurrency": c}, 3 * c, (0,), MAIN + ABLATIONS + VARIANTS, kv_target=kv)
+            add("headline", wl, {"concurrency": c}, 3 * c, (1, 2), ("vllm", "sglang", "autellix", "kvflow", "pythia", "oracle"),
+                kv_target=kv)
+        add("trace", "{traces}/claude-code", {"concurrency": 12}, 33, (0,), MAIN, cluster="long-context", name="claude-code")
+        # Bursty open loop: gamma arrivals of shape 0.25 at 0.03 jobs/s (bursts of several jobs,
+        # then quiet), where scaling ahead of the wave matters.
+        add("bursty", CODING, {"arrival": {"process": "gamma", "rate": 0.03, "burstiness": 0.25}}, 48, (0,),
+            ("vllm", "vllm-autoscale", "pythia", "pythia-no-scaling", "oracle"))
+    return out
+
+
+# --------------------------------------------------------------------------- running
+
+
+def kv_budget(cluster_name: str, natural_ratio: dict[str, float], target: float) -> dict[str, int]:
+    """Per pool, the ``kv_cache_tokens`` that turn vllm's natural working-set ratio into ``target``.
+
+    One scale applies to every pool (the bottleneck pool's ratio becomes the target), and
+    every system of the cell gets the same budget, so they face the same pressure.
+    """
+    from pythia.policy.systems import load_system
+    from pythia.sim.config import load_cluster
+    from pythia.sim.costmodel import CostModel
+
+    cfg = load_cluster(cluster_name)
+    flags = load_system("vllm").engine
+    top = max(v for v in natural_ratio.values() if not math.isnan(v))
+    scale = top / target
+    out = {}
+    for p in cfg.pools:
+        mem = CostModel(cfg.gpu, p.model, p.tp, gpu_memory_utilization=flags.gpu_memory_utilization).kv_memory_tokens
+        out[p.name] = max(flags.block_size, int(mem * scale))
+    return out
+
+
+def run_one(task: dict[str, Any]) -> dict[str, Any]:
     """One simulation; returns its summary figures (or the error)."""
+    from pythia.paths import traces_dir
+    from pythia.sim.config import load_cluster
     from pythia.sim.run import run_simulation
 
-    system, workload, cluster, conc, seed, jobs = args
     t0 = time.perf_counter()
+    system = task["system"]
     try:
-        r = run_simulation(system, workload, cluster=cluster, concurrency=conc, seed=seed, jobs=jobs)
-    except Exception as e:  # a baseline still being written must not stop the others
-        return {"system": system, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=3)}
+        cfg = load_cluster(task["cluster"])
+        if task.get("kv_tokens"):
+            cfg = dataclasses.replace(cfg, pools=tuple(
+                dataclasses.replace(p, kv_cache_tokens=task["kv_tokens"][p.name]) for p in cfg.pools))
+        workload = task["workload"].replace("{traces}", str(traces_dir()))
+        if not workload.startswith("/") and "{traces}" not in task["workload"]:
+            workload = str(ROOT / workload)
+        load = task["load"]
+        r = run_simulation(system, workload, cluster=cfg, seed=task["seed"], jobs=task["jobs"],
+                           concurrency=load.get("concurrency"), arrival=load.get("arrival"))
+    except Exception as e:  # a baseline that fails must not stop the others
+        return {**task, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=3)}
     s = r.summary
-    per_type = {t: float(g["jct_s"].mean()) for t, g in r.jobs[r.jobs["completed"]].groupby("workflow_type")}
-    return {
-        "system": system, "workload": Path(workload).stem, "concurrency": conc, "seed": seed,
-        "jobs": s["jobs_completed"], "jobs_submitted": s["jobs_submitted"],
-        "mean_jct_s": s["mean_jct_s"], "p95_jct_s": s["p95_jct_s"], "throughput": s["output_tokens_per_s"],
-        "prefix_hit_rate": s["prefix_hit_rate"], "preemptions": s["preemptions"],
-        "calls_lost": s["calls_submitted"] - s["calls_completed"], "per_type_jct_s": per_type,
-        "wall_s": time.perf_counter() - t0,
-    }
+    keys = ("jobs_completed", "jobs_submitted", "mean_jct_s", "p95_jct_s", "output_tokens_per_s", "prefix_hit_rate",
+            "preemptions", "mean_queue_s", "mean_lower_bound_jct_s", "jct_stretch", "kv_working_set_ratio",
+            "kv_working_set_ratio_by_pool", "replica_load_imbalance", "gpu_seconds", "cold_start_replica_s",
+            "goodput_jobs_per_s", "simulated_s", "calls_submitted", "calls_completed")
+    out = {**task, **{k: s.get(k) for k in keys}}
+    out["calls_lost"] = s["calls_submitted"] - s["calls_completed"]
+    out["wall_s"] = time.perf_counter() - t0
+    return out
 
 
-def _child(args: tuple[Any, ...], conn: Any) -> None:
-    conn.send(run_one(args))
+def _child(task: dict[str, Any], conn: Any) -> None:
+    conn.send(run_one(task))
     conn.close()
 
 
-def run_many(tasks: list[tuple[Any, ...]], workers: int, timeout_s: float) -> list[dict[str, Any]]:
-    """Run tasks in child processes, ``workers`` at a time; a run beyond ``timeout_s`` is stopped
-    and reported as such (a slow baseline must not hold the whole benchmark)."""
+def run_many(tasks: list[dict[str, Any]], workers: int, timeout_s: float, done: dict[str, dict[str, Any]]) -> None:
+    """Run tasks in child processes, ``workers`` at a time, saving each result as it comes.
+
+    A run beyond ``timeout_s`` is stopped and reported (a slow baseline must not hold the
+    benchmark); results already in ``done`` (a resumed benchmark) are not run again.
+    """
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
-    results: list[dict[str, Any] | None] = [None] * len(tasks)
-    todo = list(range(len(tasks)))
-    live: dict[int, tuple[Any, Any, float]] = {}
+    todo = [t for t in tasks if t["key"] not in done]
+    live: dict[str, tuple[Any, Any, float, dict[str, Any]]] = {}
+    total, finished = len(todo), 0
     while todo or live:
         while todo and len(live) < workers:
-            i = todo.pop(0)
+            t = todo.pop(0)
             rd, wr = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_child, args=(tasks[i], wr))
+            proc = ctx.Process(target=_child, args=(t, wr))
             proc.start()
-            live[i] = (proc, rd, time.perf_counter())
+            live[t["key"]] = (proc, rd, time.perf_counter(), t)
         time.sleep(0.2)
-        for i, (proc, rd, t0) in list(live.items()):
+        for key, (proc, rd, t0, t) in list(live.items()):
+            res = None
             if rd.poll():
-                results[i] = rd.recv()
+                res = rd.recv()
                 proc.join()
-                del live[i]
             elif time.perf_counter() - t0 > timeout_s:
                 proc.terminate()
                 proc.join()
-                results[i] = {"system": tasks[i][0], "error": f"stopped after {timeout_s:.0f} s wall (too slow for this benchmark)"}
-                del live[i]
+                res = {**t, "error": f"stopped after {timeout_s:.0f} s wall (too slow for this benchmark)"}
             elif not proc.is_alive() and not rd.poll():
-                results[i] = {"system": tasks[i][0], "error": f"exited with code {proc.exitcode}"}
-                del live[i]
-    return [r for r in results if r is not None]
+                res = {**t, "error": f"exited with code {proc.exitcode}"}
+            if res is not None:
+                del live[key]
+                done[key] = res
+                finished += 1
+                _save_partial(done)
+                what = "ERROR " + res["error"][:80] if "error" in res else f"{res['mean_jct_s']:.1f} s mean JCT"
+                print(f"[{finished}/{total}] {key}: {what} ({res.get('wall_s', 0):.0f} s)", file=sys.stderr, flush=True)
 
 
-def systems() -> list[str]:
-    return sorted(p.stem for p in (ROOT / "baselines").glob("*.yaml"))
+def _save_partial(done: dict[str, dict[str, Any]]) -> None:
+    DEST.mkdir(parents=True, exist_ok=True)
+    tmp = PARTIAL.with_suffix(".tmp")
+    tmp.write_text(json.dumps(done, default=float) + "\n")
+    tmp.replace(PARTIAL)
 
 
-def fmt(x: float, d: int = 1) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
+def task_key(cell: dict[str, Any], system: str, seed: int) -> str:
+    """The run's identity: the same run requested by two cells (a load point that is also the
+    headline, a KV point that is also the probe) runs once."""
+    load = cell["load"]
+    lv = f"c{load['concurrency']}" if "concurrency" in load else f"r{load['arrival']['rate']}"
+    kv = f"/kv{cell['kv_target']}" if cell["kv_target"] is not None else ""
+    return f"{cell['name']}/{lv}/j{cell['jobs']}{kv}/{system}/seed{seed}"
 
 
 def main() -> None:
-    if "--render" in sys.argv:  # redraw policies.md from policies.json only
-        dest = ROOT / "results" / "bench"
-        (dest / "policies.md").write_text(render(json.loads((dest / "policies.json").read_text())))
-        return
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="small sweep (smoke)")
-    ap.add_argument("--no-traces", action="store_true", help="skip the Claude Code sessions")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a small subset (smoke)")
+    ap.add_argument("--only", help="comma-separated kinds: load, kv, headline, trace, bursty")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--timeout", type=float, default=240.0, help="wall seconds allowed per run")
-    ap.add_argument("--render", action="store_true", help="only redraw policies.md from policies.json")
+    ap.add_argument("--timeout", type=float, default=900.0, help="wall seconds allowed per run")
+    ap.add_argument("--render", action="store_true", help="only redraw policies.md and the figures from policies.json")
+    ap.add_argument("--fresh", action="store_true", help="ignore results kept from an interrupted run")
     args = ap.parse_args()
+    if args.render:
+        out = json.loads((DEST / "policies.json").read_text())
+        write_report(out)
+        return
     t_start = time.perf_counter()
-    sweep = {k: v[:2] for k, v in SWEEP.items()} if args.quick else SWEEP
-    ap_timeout = args.timeout
-    out: dict[str, Any] = {"eval_seeds": list(EVAL_SEEDS), "dev_seeds": [100, 101], "history_seeds": [1000, 1001],
-                           "cluster": "paper", "targets": TARGETS, "workloads": {}}
-    for wl, concs in sweep.items():
-        path = str(ROOT / "workloads" / f"{wl}.yaml")
-        sw = run_many([("vllm", path, "paper", c, EVAL_SEEDS[0], 2 * c) for c in concs], args.workers, ap_timeout)
-        best = max(r["throughput"] for r in sw)
-        sat = min(r["concurrency"] for r in sw if r["throughput"] >= 0.95 * best)
-        print(f"{wl}: vllm sweep {[(r['concurrency'], round(r['throughput'])) for r in sw]} -> saturation {sat}", flush=True)
-        tasks = [(s, path, "paper", sat, seed, 2 * sat) for s in systems() for seed in EVAL_SEEDS]
-        rows = run_many(tasks, args.workers, ap_timeout)
-        for r in rows:
-            print(f"  {r['system']}: {'ERROR ' + r['error'] if 'error' in r else fmt(r['mean_jct_s'])} ({fmt(r.get('wall_s', 0.0))} s)", flush=True)
-        out["workloads"][wl] = {"sweep": sw, "saturation_concurrency": sat, "runs": rows}
-    if not args.no_traces:
-        from pythia.paths import traces_dir
+    done: dict[str, dict[str, Any]] = {} if args.fresh or not PARTIAL.is_file() else json.loads(PARTIAL.read_text())
+    all_cells = cells(args.quick)
+    if args.only:
+        kinds = set(args.only.split(","))
+        all_cells = [c for c in all_cells if c["kind"] in kinds]
+    from pythia.paths import traces_dir
 
-        cc = traces_dir() / "claude-code"
-        if cc.is_dir():
-            tasks = [(s, str(cc), "long-context", TRACE_CONCURRENCY, EVAL_SEEDS[0], TRACE_SESSIONS) for s in systems()]
-            rows = run_many(tasks, args.workers, ap_timeout)
-            out["workloads"]["claude-code"] = {"sweep": [], "saturation_concurrency": TRACE_CONCURRENCY, "runs": rows,
-                                               "note": f"first {TRACE_SESSIONS} sessions, closed loop at {TRACE_CONCURRENCY}"}
-        else:
-            print("Claude Code sessions not found (set PYTHIA_TRACES): skipped", flush=True)
-    out["wall_s"] = time.perf_counter() - t_start
-    dest = ROOT / "results" / "bench"
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "policies.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
-    (dest / "policies.md").write_text(render(out))
-    print(render(out))
-
-
-def render(out: dict[str, Any]) -> str:
-    """The markdown table of the benchmark."""
-    lines = ["# Policies side by side", "",
-             f"Cluster `paper` (8x A100-80GB, Qwen2.5 3B/7B/14B); closed loop at the concurrency where vllm "
-             f"saturates; evaluation seeds {out['eval_seeds']} (knobs checked on {out['dev_seeds']}, warm-start "
-             f"history from {out['history_seeds']}); jobs = 2 x concurrency. Wall time {out.get('wall_s', 0):.0f} s.", ""]
-    for wl, w in out["workloads"].items():
-        runs = [r for r in w["runs"] if "error" not in r]
-        by = {r["system"]: r for r in runs}
-        lines += [f"## {wl} (concurrency {w['saturation_concurrency']})", ""]
-        if w["sweep"]:
-            lines += ["vllm sweep (concurrency: output tok/s): " + ", ".join(f"{r['concurrency']}: {r['throughput']:.0f}" for r in w["sweep"]), ""]
-            if w["saturation_concurrency"] == max(r["concurrency"] for r in w["sweep"]):
-                lines += ["vllm's throughput still rises at the largest concurrency swept: saturation was not reached "
-                          "within this benchmark's time budget; the largest concurrency is used.", ""]
-        if "note" in w:
-            lines += [w["note"], ""]
-        v, o = by.get("vllm"), by.get("oracle")
-        lines += ["| system | mean JCT s | P95 JCT s | out tok/s | prefix hit | preempt | lost calls | mean JCT vs vllm | P95 vs vllm | tput vs vllm | mean JCT vs oracle |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(runs, key=lambda r: r["mean_jct_s"]):
-            rv = lambda k, inv=True: (v[k] / r[k] if inv else r[k] / v[k]) if v and r[k] else float("nan")  # noqa: E731
-            lines.append(f"| {r['system']} | {fmt(r['mean_jct_s'])} | {fmt(r['p95_jct_s'])} | {fmt(r['throughput'])} | "
-                         f"{fmt(r['prefix_hit_rate'], 3)} | {r['preemptions']} | {r['calls_lost']} | {fmt(rv('mean_jct_s'), 2)}x | "
-                         f"{fmt(rv('p95_jct_s'), 2)}x | {fmt(rv('throughput', False), 2)}x | "
-                         f"{fmt(r['mean_jct_s'] / o['mean_jct_s'] if o else float('nan'), 2)}x |")
-        for r in w["runs"]:
-            if "error" in r:
-                lines.append(f"| {r['system']} | error: {r['error'][:120]} | | | | | | | | | |")
-        p = by.get("pythia")
-        if p and v:
-            others = [r for r in runs if r["system"] not in ("vllm", "oracle") and not r["system"].startswith("pythia")]
-            best = min(others, key=lambda r: r["mean_jct_s"]) if others else v
-            checks = [
-                ("mean JCT >= 2.9x lower than vllm", v["mean_jct_s"] / p["mean_jct_s"], TARGETS["mean_jct"], True),
-                ("P95 JCT >= 2.0x lower than vllm", v["p95_jct_s"] / p["p95_jct_s"], TARGETS["p95_jct"], True),
-                ("throughput >= 1.96x vllm", p["throughput"] / v["throughput"], TARGETS["throughput"], True),
-                (f"mean JCT below the best other baseline ({best['system']})", best["mean_jct_s"] / p["mean_jct_s"], 1.0, True),
-            ]
-            if o:
-                checks.append(("mean JCT within 1.15x of oracle", p["mean_jct_s"] / o["mean_jct_s"], TARGETS["oracle_gap"], False))
-            lines += ["", "| target | measured | goal | met | margin |", "|---|---|---|---|---|"]
-            for name, got, goal, higher in checks:
-                ok = got >= goal if higher else got <= goal
-                margin = got / goal if higher else goal / got
-                lines.append(f"| {name} | {got:.2f}x | {goal}x | {'yes' if ok else 'no'} | {margin:.2f} of goal |")
-        types = sorted({t for r in runs for t in r["per_type_jct_s"]})
-        if types:
-            lines += ["", "Per-type mean JCT (s): " + "; ".join(
-                f"{r['system']}: " + ", ".join(f"{t} {r['per_type_jct_s'].get(t, float('nan')):.0f}" for t in types)
-                for r in sorted(runs, key=lambda r: r["system"]) if r["system"] in ("vllm", "pythia", "oracle"))]
-        abl = [r for r in runs if r["system"].startswith("pythia-no-")]
-        if p and abl:
-            lines += ["", "Ablations (mean JCT relative to pythia; > 1: the mechanism helps): " + ", ".join(
-                f"{r['system']} {r['mean_jct_s'] / p['mean_jct_s']:.2f}" for r in abl)]
-        lines.append("")
-    lines += ["## Reading the targets", "", why(out), ""]
-    return "\n".join(lines) + "\n"
+    if not (traces_dir() / "claude-code").is_dir():
+        print("Claude Code sessions not found (set PYTHIA_TRACES): trace cells skipped", file=sys.stderr)
+        all_cells = [c for c in all_cells if c["kind"] != "trace"]
+    # Runs at natural capacity first: the KV sweep sizes its pools from vllm's natural ratio.
+    plain = [c for c in all_cells if c["kv_target"] is None]
+    tasks = [{"key": task_key(c, s, seed), "system": s, "seed": seed, **{k: c[k] for k in ("kind", "name", "workload", "cluster", "load", "jobs", "kv_target")}}
+             for c in plain for seed in c["seeds"] for s in c["systems"]]
+    probes = []
+    for c in all_cells:
+        if c["kv_target"] is not None:  # vllm at natural capacity on the same load and seed
+            probe = {**c, "kind": "probe", "kv_target": None}
+            for seed in c["seeds"]:
+                key = task_key(probe, "vllm", seed)
+                if key not in {t["key"] for t in tasks + probes}:
+                    probes.append({"key": key, "system": "vllm", "seed": seed, **{k: probe[k] for k in ("kind", "name", "workload", "cluster", "load", "jobs", "kv_target")}})
+    seen: set[str] = set()
+    queue = [t for t in probes + tasks if not (t["key"] in seen or seen.add(t["key"]))]
+    run_many(queue, args.workers, args.timeout, done)
+    kv_tasks = []
+    for c in all_cells:
+        if c["kv_target"] is None:
+            continue
+        for seed in c["seeds"]:
+            probe = done.get(task_key({**c, "kind": "probe", "kv_target": None}, "vllm", seed))
+            if probe is None or "error" in probe:
+                continue
+            for s in c["systems"]:
+                budget = kv_budget(c["cluster"], probe["kv_working_set_ratio_by_pool"], c["kv_target"])
+                kv_tasks.append({"key": task_key(c, s, seed), "system": s, "seed": seed, "kv_tokens": budget,
+                                 **{k: c[k] for k in ("kind", "name", "workload", "cluster", "load", "jobs", "kv_target")}})
+    seen.clear()
+    run_many([t for t in kv_tasks if not (t["key"] in seen or seen.add(t["key"]))], args.workers, args.timeout, done)
+    # One row per cell that asked for a run (a shared run appears under each of its cells).
+    rows = [{**done[task_key(c, sy, seed)], "kind": c["kind"]} for c in all_cells for seed in c["seeds"]
+            for sy in c["systems"] if task_key(c, sy, seed) in done]
+    out = {"eval_seeds": list(EVAL_SEEDS), "dev_seeds": [100, 101], "history_seeds": [1000, 1001], "targets": TARGETS,
+           "cells": all_cells, "runs": rows, "wall_s": time.perf_counter() - t_start,
+           "quick": args.quick}
+    DEST.mkdir(parents=True, exist_ok=True)
+    (DEST / "policies.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
+    write_report(out)
+    if not args.quick and not args.only:
+        PARTIAL.unlink(missing_ok=True)
 
 
-def why(out: dict[str, Any]) -> str:
-    """The reading of the measured table: the oracle's own margin bounds what prediction can add."""
-    parts = []
-    for wl, w in out["workloads"].items():
-        by = {r["system"]: r for r in w["runs"] if "error" not in r}
-        if "vllm" in by and "oracle" in by and "pythia" in by:
-            o = by["vllm"]["mean_jct_s"] / by["oracle"]["mean_jct_s"]
-            p = by["pythia"]["mean_jct_s"] / by["oracle"]["mean_jct_s"]
-            parts.append(f"{wl}: the oracle is {o:.2f}x better than vllm, pythia within {p:.2f}x of the oracle")
-    return (
-        "The oracle runs Pythia's mechanisms on the true future, so its margin over vllm bounds what "
-        "prediction can add on this setup (" + "; ".join(parts) + "). Where that margin is far below the "
-        "paper's, the gap is in the mechanisms and the simulated setup, not in prediction; the ablation "
-        "lines above name the mechanism that carries each workload's gain. Mechanisms that relieve KV "
-        "pressure (retention, early release, lowest-priority preemption) matter only where the preemption "
-        "column shows pressure. See docs/policies-pythia.md for the discussion."
-    )
+# --------------------------------------------------------------------------- report
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def write_report(out: dict[str, Any]) -> None:
+    """policies.md and the figures, from the JSON alone."""
+    from policies_report import figures, render
+
+    (DEST / "policies.md").write_text(render(out))
+    for path in figures(out, DEST):
+        print(f"wrote {path}", file=sys.stderr)
+    print((DEST / "policies.md").read_text())
 
 
 if __name__ == "__main__":
