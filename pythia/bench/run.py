@@ -35,6 +35,7 @@ from pythia.bench.tokens import TokenSpace
 from pythia.errors import PythiaInputError
 from pythia.outputs import write_atomic
 from pythia.results import RUN_FILES, RUN_TABLES, SUMMARY_FILE, TIMESERIES_COLUMNS, write_run
+from pythia.regime import regime_summary
 from pythia.serve.engines import EngineLaunch, build_launch, check_launch, engine_flags
 from pythia.serve.server import EngineServer, free_port
 from pythia.workflow.trace import Trace
@@ -268,6 +269,14 @@ def real_run(trace: Trace, opts: RunOptions) -> dict[str, Any]:
         result.summary["mean_queue_s"] = float(q.mean()) if len(q) else math.nan
     ts = timeseries_frame(rows, Path(opts.model).name, opts.num_blocks)
     summary = result.summary
+    # The regime, as the simulator reports it; the working-set ratio needs the KV pool's size,
+    # known when the run fixes it (--num-blocks).
+    block_size = int(_resolve_system(opts.system)[2].get("block_size", 16))
+    summary.update(regime_summary(
+        result.calls, result.jobs, ts, block_size=block_size, simulated_s=float(summary.get("duration_s", math.nan)),
+        capacity_blocks={Path(opts.model).name: opts.num_blocks} if opts.num_blocks else {},
+        tp_by_pool={Path(opts.model).name: 1},
+    ))
     hits, queries = _delta(rows, "prefix_cache_hits"), _delta(rows, "prefix_cache_queries")
     summary.update({
         "system": system_name,
