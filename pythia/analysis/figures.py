@@ -46,7 +46,11 @@ def _load_label(df: pd.DataFrame) -> str:
     return "load"
 
 
-def _line_grid(df: pd.DataFrame, metrics: list[tuple[str, str]], stem: Path) -> list[Path]:
+def _line_grid(df: pd.DataFrame, metrics: list[tuple[str, str]], stem: Path,
+               bounds: dict[str, str] | None = None) -> list[Path]:
+    """One panel per metric and workload; ``bounds`` maps a metric to the column of its lower
+    bound, drawn as a dashed black line (the mean over seeds; the bound is the same for every
+    system on the same jobs)."""
     import matplotlib.pyplot as plt
 
     workloads = sorted(df["workload"].unique())
@@ -63,6 +67,10 @@ def _line_grid(df: pd.DataFrame, metrics: list[tuple[str, str]], stem: Path) -> 
                 colour, marker = style(system)
                 ax.errorbar(s["load"], s["mean"], yerr=s["std"].fillna(0.0), color=colour, marker=marker,
                             ms=4, lw=1.2, capsize=2, label=system)
+            col = (bounds or {}).get(metric)
+            if col and col in sub and sub[col].notna().any():
+                b = sub.groupby("load")[col].mean().sort_index()
+                ax.plot(b.index, b.values, "k--", lw=1.0, label="lower bound")
             loads = sorted(sub["load"].unique())
             if len(loads) > 2 and loads[0] > 0 and loads[-1] / loads[0] >= 8:
                 ax.set_xscale("log", base=2)  # load grids double from level to level
@@ -81,7 +89,8 @@ def _line_grid(df: pd.DataFrame, metrics: list[tuple[str, str]], stem: Path) -> 
 
 def jct_vs_load(summaries: pd.DataFrame, stem: Path) -> list[Path]:
     """Mean and P95 job completion time against load, one panel column per workload."""
-    return _line_grid(summaries, [("mean_jct_s", "mean JCT (s)"), ("p95_jct_s", "P95 JCT (s)")], stem)
+    return _line_grid(summaries, [("mean_jct_s", "mean JCT (s)"), ("p95_jct_s", "P95 JCT (s)")], stem,
+                      bounds={"mean_jct_s": "mean_lower_bound_jct_s"})
 
 
 def throughput_vs_load(summaries: pd.DataFrame, stem: Path) -> list[Path]:
