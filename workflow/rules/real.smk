@@ -18,7 +18,7 @@ rule real_run:
         seed=r"\d+",
     params:
         pythia=PYTHIA,
-        backend=REAL["backend"],
+        backend=lambda w: real_backend(w.system),
         workload=lambda w: experiment_workload(w.experiment),
         args=_real_args,
         out=lambda w, output: str(Path(output.summary).parent),
