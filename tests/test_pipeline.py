@@ -42,12 +42,14 @@ def test_dry_run_lists_the_grid() -> None:
     specs = len(list((ROOT / "workloads").glob("*.yaml")))
     counts = _job_counts("--configfile", "config/smoke.yaml")
     traces = (traces_dir() / "claude-code").is_dir()
-    # 5 systems x 2 experiments x 2 loads x 1 seed, plus 2 systems on the Claude Code sessions
-    assert counts["sim_run"] == 20 + (2 if traces else 0)
+    # 5 systems x 2 experiments x 2 loads x 1 seed, 2 systems on the shrunk saturated cell,
+    # plus 2 systems on the Claude Code sessions
+    assert counts["sim_run"] == 20 + 2 + (2 if traces else 0)
     assert counts["workload_trace"] == specs
     assert counts["collect"] == counts["figures"] == 1
     default = _job_counts()
-    assert default["sim_run"] >= 15 * 2 * 4 * 3  # every system, two workflows, four loads, three seeds
+    # every system: two workflows at three loads and three seeds, and the saturated cell
+    assert default["sim_run"] >= 15 * 2 * 3 * 3 + 15
 
 
 def test_bad_config_value_stops_before_any_job(tmp_path: Path) -> None:
@@ -119,7 +121,7 @@ BAD_CONFIGS = [
     ("timeline: {experiment: coding-assistant, system: pythia-x, load: c8, seed: 0}\n",
      "timeline.system='pythia-x' is not a system of experiment coding-assistant", ()),
     ("timeline: {experiment: coding-assistant, system: pythia, load: c3, seed: 0}\n",
-     "timeline.load='c3' is not a load level of experiment coding-assistant; its levels: c2, c4, c6, c8", ()),
+     "timeline.load='c3' is not a load level of experiment coding-assistant; its levels: c2, c4, c8", ()),
     ("experiments:\n  r: {workload: workloads/chat.yaml, rate: [.nan]}\ntimeline: null\n",
      "experiments.r.rate[0]=nan is not a finite number", ()),
     ("experiments:\n  r: {workload: workloads/chat.yaml, rate: [1, .inf]}\n",
