@@ -82,7 +82,7 @@ def test_smoke_run_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     import pandas as pd
 
     summaries = pd.read_parquet(proj / "results" / "tables" / "summaries.parquet")
-    assert set(summaries["workload"]) == {"coding-assistant", "deep-research"}
+    assert set(summaries["workload"]) == {"coding-assistant", "deep-research", "coding-assistant-saturated"}
     assert (summaries["jobs_completed"] == summaries["jobs_submitted"]).all()
     again = _snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=proj)
     assert again.returncode == 0
