@@ -135,3 +135,35 @@ def regime_summary(calls: pd.DataFrame, jobs: pd.DataFrame, ts: pd.DataFrame, *,
         "goodput_jobs_per_s": goodput(jobs, simulated_s),
         "goodput_stretch": GOODPUT_STRETCH,
     }
+
+
+def reuse_counters(calls: pd.DataFrame, reusable_tokens: Mapping[tuple[str, int], int]) -> dict[str, Any]:
+    """Cross-call prefix reuse of the finished calls, against what each call could reuse.
+
+    ``reusable_tokens`` maps ``(job_id, call_id)`` to the prompt tokens another call had
+    computed before it (the lower bound's reusable prefix, ``pythia.sim.bounds``):
+
+    - ``cross_call_prefix_hit_rate``: the share of those tokens found cached at admission;
+    - ``missed_reusable_tokens``: reusable tokens computed again (evicted or on another replica);
+    - ``preemption_recomputed_tokens``: prefill computed again after a preemption;
+    - ``recomputed_prefill_tokens``: the two together.
+    """
+    done = calls[calls["status"] == "finished"] if len(calls) else calls
+    if not len(done):
+        return {"cross_call_prefix_hit_rate": float("nan"), "missed_reusable_tokens": 0,
+                "preemption_recomputed_tokens": 0, "recomputed_prefill_tokens": 0}
+    keys = list(zip(done["job_id"], done["call_id"].astype(int)))
+    reuse = np.array([reusable_tokens.get(k, 0) for k in keys], dtype=float)
+    cached = done["cached_tokens"].to_numpy(dtype=float)
+    hit = np.minimum(cached, reuse).sum()
+    missed = float(np.maximum(reuse - cached, 0).sum())
+    # computed_tokens counts every token the engine computed for the call: its uncached
+    # prompt, then one per decode step after the first token, plus any recomputation.
+    first_pass = done["prompt_tokens"].to_numpy(dtype=float) - cached + np.maximum(done["output_tokens"].to_numpy(dtype=float) - 1, 0)
+    again = float(np.maximum(done["computed_tokens"].to_numpy(dtype=float) - first_pass, 0).sum())
+    return {
+        "cross_call_prefix_hit_rate": float(hit / reuse.sum()) if reuse.sum() > 0 else float("nan"),
+        "missed_reusable_tokens": int(missed),
+        "preemption_recomputed_tokens": int(again),
+        "recomputed_prefill_tokens": int(missed + again),
+    }

@@ -62,3 +62,19 @@ def test_goodput_counts_jobs_within_twice_their_bound() -> None:
                          "lower_bound_jct_s": [6.0, 10.0, 5.0]})
     assert goodput(jobs, 100.0) == pytest.approx(0.01)
     assert math.isnan(goodput(jobs.drop(columns="lower_bound_jct_s"), 100.0))
+
+
+def test_reuse_counters_split_missed_reuse_from_preemption_recompute() -> None:
+    from pythia.regime import reuse_counters
+
+    calls = pd.DataFrame({
+        "job_id": ["j", "j", "k"], "call_id": [0, 1, 0], "status": ["finished"] * 3,
+        "prompt_tokens": [100, 200, 100], "output_tokens": [10, 10, 1],
+        # call j/1 could reuse 160 tokens and found 96; k/0 was preempted once and recomputed 40
+        "cached_tokens": [0, 96, 0], "computed_tokens": [100 + 9, 104 + 9, 100 + 40],
+    })
+    got = reuse_counters(calls, {("j", 1): 160, ("k", 0): 0})
+    assert got["cross_call_prefix_hit_rate"] == pytest.approx(96 / 160)
+    assert got["missed_reusable_tokens"] == 64
+    assert got["preemption_recomputed_tokens"] == 40
+    assert got["recomputed_prefill_tokens"] == 104

@@ -15,9 +15,9 @@ import pandas as pd
 from pythia.errors import PythiaInputError
 from pythia.policy.base import Policies
 from pythia.policy.systems import System, load_system
-from pythia.regime import regime_summary
+from pythia.regime import regime_summary, reuse_counters
 from pythia.results import CALL_COLUMNS, JOB_COLUMNS, TIMESERIES_COLUMNS, frame, summarise, write_json, write_parquet
-from pythia.sim.bounds import lower_bounds
+from pythia.sim.bounds import cached_prefix_blocks, lower_bounds
 from pythia.sim.cluster import Cluster
 from pythia.sim.config import ClusterConfig, SimOptions, load_cluster
 from pythia.sim.costmodel import FS_PER_S, gpu_spec
@@ -90,6 +90,11 @@ class Simulation:
         costs = {name: pool.cost for name, pool in cluster.pools.items()}
         bound = dict(zip((j.job_id for j in self.trace.jobs),
                          lower_bounds(self.trace, cluster.config, cluster.flags, costs, precompute=precompute)))
+        # What each call could reuse from other calls (the bound's "reusable" prefix), for the
+        # cross-call hit rate and the recomputed prefill tokens.
+        reusable_blocks = cached_prefix_blocks(self.trace, cluster.config, cluster.flags, precompute=False)[1]
+        reusable = {(job.job_id, i): n * cluster.flags.block_size
+                    for job, blocks in zip(self.trace.jobs, reusable_blocks) for i, n in enumerate(blocks)}
         wall0 = time.perf_counter()
         runtime.start()
         sample_fs = round(opts.sample_interval_s * FS_PER_S)
@@ -155,6 +160,7 @@ class Simulation:
         ts = frame(self.ts_rows, TIMESERIES_COLUMNS)
         simulated = now / FS_PER_S
         summary = summarise(calls, jobs, jobs_submitted=runtime.next_job, simulated_s=simulated, wall_s=wall)
+        summary.update(reuse_counters(calls, reusable))
         bs = cluster.flags.block_size
         summary.update(regime_summary(
             calls, jobs, ts, block_size=bs, simulated_s=simulated,
