@@ -88,9 +88,8 @@ def cells(quick: bool) -> list[dict[str, Any]]:
         # pool); deep-research at 64 in flight with its KV pool set to a working-set ratio of 2.
         for wl, c, kv in ((CODING, 64, None), (RESEARCH, 64, 2.0)):
             add("headline", wl, {"concurrency": c}, 3 * c, (0,), MAIN + ABLATIONS + VARIANTS, kv_target=kv)
-            add("headline", wl, {"concurrency": c}, 3 * c, (1, 2), ("vllm", "sglang", "autellix", "kvflow", "pythia", "oracle"),
-                kv_target=kv)
-        add("trace", "{traces}/claude-code", {"concurrency": 12}, 33, (0,), MAIN, cluster="long-context", name="claude-code")
+            add("headline", wl, {"concurrency": c}, 3 * c, (1, 2), ("vllm", "kvflow", "pythia", "oracle"), kv_target=kv)
+        add("trace", "{traces}/claude-code", {"concurrency": 12}, 24, (0,), MAIN, cluster="long-context", name="claude-code")
         # Bursty open loop: gamma arrivals of shape 0.25 at 0.03 jobs/s (bursts of several jobs,
         # then quiet), where scaling ahead of the wave matters.
         add("bursty", CODING, {"arrival": {"process": "gamma", "rate": 0.03, "burstiness": 0.25}}, 48, (0,),
@@ -147,7 +146,8 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     keys = ("jobs_completed", "jobs_submitted", "mean_jct_s", "p95_jct_s", "output_tokens_per_s", "prefix_hit_rate",
             "preemptions", "mean_queue_s", "mean_lower_bound_jct_s", "jct_stretch", "kv_working_set_ratio",
             "kv_working_set_ratio_by_pool", "replica_load_imbalance", "gpu_seconds", "cold_start_replica_s",
-            "goodput_jobs_per_s", "simulated_s", "calls_submitted", "calls_completed")
+            "goodput_jobs_per_s", "simulated_s", "calls_submitted", "calls_completed", "cross_call_prefix_hit_rate",
+            "recomputed_prefill_tokens")
     out = {**task, **{k: s.get(k) for k in keys}}
     out["calls_lost"] = s["calls_submitted"] - s["calls_completed"]
     out["wall_s"] = time.perf_counter() - t0
