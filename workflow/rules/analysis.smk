@@ -20,6 +20,14 @@ rule figures:
         summaries="results/tables/summaries.parquet",
         jobs="results/tables/jobs.parquet",
         timeline=[f"{TIMELINE_RUN}/summary.json"] if TIMELINE_RUN else [],
+        # The reactive autoscaler's run of the timeline's cell, drawn beside it when the grid has one.
+        timeline_peer=[
+            f"{d}/summary.json"
+            for d in RUN_DIRS
+            if TIMELINE_RUN
+            and d != TIMELINE_RUN
+            and Path(d).parts == Path(TIMELINE_RUN).parts[:3] + ("vllm-autoscale",) + Path(TIMELINE_RUN).parts[4:]
+        ],
         fidelity=["results/tables/fidelity.parquet"] if REAL_PAIRS else [],
         real=[f"{r}/summary.json" for r, _ in REAL_PAIRS],
     params:
