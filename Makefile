@@ -1,5 +1,6 @@
 # Two commands: `make reproduce` (the main job) and `make test`.
 # Each makes or reuses the virtual environment .venv and installs what it needs.
+# `make slurm-check` (by hand, as root on Debian) runs the smoke grid on a one-node SLURM cluster.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -33,6 +34,13 @@ reproduce: $(STAMP)
 
 test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q
+
+# SLURM support, proven on one machine: a one-node cluster on localhost runs the smoke grid
+# through workflow/profiles/slurm and must give what a local run gives. Needs root and apt-get
+# (it installs slurm-wlm and munge), so it stays outside `make test` and .ci/run.
+.PHONY: slurm-check
+slurm-check: $(STAMP)
+	PYTHON=$(CURDIR)/$(BIN)/python bash workflow/scripts/slurm_local.sh
 
 clean:
 	rm -rf $(VENV) results/workloads results/runs .pytest_cache .hypothesis
