@@ -153,7 +153,8 @@ def render(out: dict[str, Any]) -> str:
     lines = ["# Policies across regimes", "",
              "Simulated `paper` cluster (8x A100-80GB; Qwen2.5 3B/7B/14B pools: 2, 3, 3 replicas) unless a cell names "
              f"another. Evaluation seeds {out['eval_seeds']}; knobs chosen on {out['dev_seeds']}; Pythia's warm-start history "
-             f"from {out['history_seeds']}. Jobs per closed-loop run: 3 x concurrency. Wall time {out.get('wall_s', 0):.0f} s. "
+             f"from {out['history_seeds']}. Jobs per closed-loop run: 3 x concurrency. {len(_ok(runs))} runs; their wall "
+             f"times sum to {sum(r.get('wall_s', 0.0) for r in {r['key']: r for r in runs}.values()):.0f} s (2 workers, shared machine). "
              "Produced by `python benchmarks/bench_policies.py`; every figure below is in `policies.json`.", "",
              "Regime of a cell: offered load (concurrency over the concurrency where vllm's throughput plateaus) and "
              "`kv_working_set_ratio` (peak summed KV of live agents, idle ones in a tool gap included, over the bottleneck "
