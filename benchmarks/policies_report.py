@@ -256,6 +256,7 @@ def figures(out: dict[str, Any], dest: Path) -> list[Path]:
 
     setup_matplotlib()
     import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
 
     def style_of(system: str) -> dict[str, Any]:
         colour, marker = style(system)
@@ -282,10 +283,16 @@ def figures(out: dict[str, Any], dest: Path) -> list[Path]:
             for j, (label, idx) in enumerate((("pythia vs vllm", 2), ("pythia vs best other baseline", 3))):
                 ax = axes[i][j]
                 xs, ys, cs = [p[0] for p in pts], [p[1] for p in pts], [p[idx] for p in pts]
-                sc = ax.scatter(xs, ys, c=cs, cmap="RdBu", vmin=0.5, vmax=1.5 if idx == 3 else 3.0, s=60, edgecolors="k")
+                # 1.0 (no gain) is the neutral colour; blue: pythia lower, red: pythia higher.
+                norm = TwoSlopeNorm(vcenter=1.0, vmin=0.5, vmax=max(1.5, max(cs, default=1.5)))
+                sc = ax.scatter(xs, ys, c=cs, cmap="RdBu", norm=norm, s=60, edgecolors="k")
                 for x, y, c in zip(xs, ys, cs):
                     ax.annotate(f"{c:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
                 ax.set_xscale("log")
+                ticks = sorted(set(xs))
+                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+                ax.minorticks_off()
+                ax.margins(x=0.15, y=0.1)
                 ax.set_xlabel("offered load / saturation")
                 ax.set_ylabel("KV working-set ratio")
                 ax.set_title(f"{name}: {label} (mean JCT)")
