@@ -71,46 +71,7 @@ DEEP_YAML_BLOCK = "x:\n" + "".join("  " * i + "- \n" for i in range(1, 200))
 
 # --------------------------------------------------------------------------- workflow specs
 
-SPEC = """\
-name: tiny
-concurrency: 4
-context_tokens: {dist: lognormal, median: 100, sigma: 0.5, min: 10, max: 400}
-roles:
-  planner:
-    model: m-large
-    system_tokens: 50
-    output_tokens: {dist: lognormal, median: 80, sigma: 0.5, max: 300}
-  worker:
-    model: m-small
-    system_tokens: 30
-    fresh_tokens: {dist: uniform, low: 5, high: 50}
-    output_tokens: 40
-    max_input_tokens: 2000
-  checker:
-    model: m-small
-    output_tokens: {dist: normal, mean: 20, std: 5, min: 1}
-steps:
-  plan:
-    role: planner
-    prompt: [system, context]
-    next:
-      - to: work
-  work:
-    role: worker
-    parallel: {dist: uniform, low: 2, high: 3}
-    calls: {dist: uniform, low: 1, high: 4}
-    gap_between: {dist: lognormal, median: 2, sigma: 0.5, max: 30}
-    prompt: [system, context, {outputs: [planner, checker]}, history, fresh]
-    next:
-      - to: check
-  check:
-    role: checker
-    gap_before: 1.5
-    prompt: [system, {outputs: [worker]}]
-    next:
-      - {to: work, p: 0.3, max_traversals: 2}
-      - {to: end, p: 0.7}
-"""
+from test_spec import GOOD as SPEC  # noqa: E402  (the valid spec every row mutates)
 
 
 def _spec(old: str, new: str) -> str:
