@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test venv clean
+.PHONY: reproduce test venv clean figures
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ venv: $(STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/local
+
+# Redraw every figure from the collected tables (results/tables/); runs are redone first only
+# where missing or outdated.
+figures: $(STAMP)
+	$(BIN)/snakemake --profile workflow/profiles/local --forcerun figures -- figures
 
 test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q

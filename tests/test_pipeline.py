@@ -168,3 +168,91 @@ def test_the_shipped_configs_pass_the_check() -> None:
     for overlay in sorted((ROOT / "config").glob("*.yaml")):
         proc = _snakemake("--list-rules", "--configfile", str(overlay.relative_to(ROOT)))
         assert proc.returncode == 0, f"{overlay.name}: " + (proc.stdout + proc.stderr)[-2000:]
+
+
+# What a simulated run depends on, and the rules a change of it must rerun. Each row: a label,
+# the file changed (relative to the copied project), how (edit: a comment appended to its
+# text; version: another package version; rows: the table's rows written in another order),
+# and the jobs a dry run must then plan. A newer modification time alone is not a change:
+# Snakemake compares the checksum of an input that is newer than its outputs.
+RERUN_TRIGGERS = [
+    ("system file", "baselines/vllm.yaml", "edit", {"sim_run": 2}),
+    ("parent of a system file", "baselines/pythia.yaml", "edit", {"sim_run": 2}),
+    ("cluster file of an experiment", "mycluster.yaml", "edit", {"sim_run": 2}),
+    ("cluster preset", "pythia/sim/data/clusters/paper.yaml", "edit", {"sim_run": 2}),
+    ("efficiency profile", "pythia/sim/data/efficiency.yaml", "edit", {"sim_run": 4}),
+    ("workload", "workloads/chat.yaml", "edit", {"sim_run": 4}),
+    ("simulator code", "pythia/sim/engine.py", "edit", {"sim_run": 4}),
+    ("policy code", "pythia/policy/pythia_router.py", "edit", {"sim_run": 4}),
+    ("package version", "pythia/__init__.py", "version", {"sim_run": 4}),
+    ("analysis code", "pythia/analysis/figures_main.py", "edit", {"sim_run": 0, "collect": 1, "figures": 1}),
+    ("collected table", "results/tables/summaries.parquet", "rows", {"sim_run": 0, "collect": 0, "figures": 1}),
+]
+
+TINY_CONFIG = """\
+seed: 0
+workload_jobs: 2
+traces_dir: no-traces
+systems: [vllm, pythia-no-cache]
+seeds: [0]
+experiments:
+  on-preset: {workload: workloads/chat.yaml, jobs: 2, concurrency: [2]}
+  on-file: {workload: workloads/chat.yaml, jobs: 2, concurrency: [2], cluster: mycluster.yaml, systems: [vllm, pythia-no-cache]}
+"""
+
+
+@pytest.fixture(scope="module")
+def ran_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project (package included) whose tiny grid has run once."""
+    proj = _copy_project(tmp_path_factory.mktemp("rerun") / "p")
+    shutil.copytree(ROOT / "pythia", proj / "pythia", ignore=shutil.ignore_patterns("__pycache__"))
+    (proj / "config" / "config.yaml").write_text(TINY_CONFIG)
+    shutil.copy2(ROOT / "pythia" / "sim" / "data" / "clusters" / "cpu-tiny.yaml", proj / "mycluster.yaml")
+    first = _in_copy(proj, "--cores", "2", *_TARGETS)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return proj
+
+
+_TARGETS = ("results/tables/summaries.parquet", "results/figures")
+
+
+def _in_copy(proj: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # The copy's package is imported first, by Snakemake and by every rule.
+    env = {**os.environ, "PYTHONPATH": str(proj), "PYTHIA_TRACES": str(proj / "no-traces")}
+    return subprocess.run([*SNAKEMAKE, *args], cwd=proj, env=env, capture_output=True, text=True, check=False)
+
+
+def _planned(proj: Path) -> dict[str, int]:
+    proc = _in_copy(proj, *_TARGETS, "-n", "--quiet", "rules")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = {}
+    for ln in (proc.stdout + proc.stderr).splitlines():
+        parts = ln.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label, path, how, expected", RERUN_TRIGGERS, ids=[r[0] for r in RERUN_TRIGGERS])
+def test_a_change_reruns_what_depends_on_it(ran_project: Path, label: str, path: str, how: str,
+                                            expected: dict[str, int]) -> None:
+    assert _planned(ran_project) == {}, "the grid is not up to date before the change"
+    target = ran_project / path
+    before = target.stat()
+    text = target.read_bytes()
+    try:
+        if how == "rows":
+            import pandas as pd
+
+            pd.read_parquet(target).iloc[::-1].to_parquet(target)
+        elif how == "edit":
+            target.write_bytes(text + b"\n# changed\n")
+        else:
+            target.write_text(text.decode().replace('__version__ = "', '__version__ = "9.'))
+        planned = _planned(ran_project)
+        assert {rule: planned.get(rule, 0) for rule in expected} == expected, f"{label}: {planned}"
+    finally:
+        target.write_bytes(text)
+        os.utime(target, (before.st_atime, before.st_mtime))
+    assert _planned(ran_project) == {}, f"{label}: undoing the change should leave nothing to do"

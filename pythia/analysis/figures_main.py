@@ -297,11 +297,14 @@ def _dot_panels(rows: pd.DataFrame, xlabel: str, reference: float | None,
     return fig, workloads
 
 
-def _normalised(summaries: pd.DataFrame, jobs: pd.DataFrame, stem: Path, metric: str, what: str, better: str) -> Figure:
+def _normalised(summaries: pd.DataFrame, jobs: pd.DataFrame, stem: Path, metric: str, what: str,
+                better: str) -> Figure | None:
     main, _ = _main(summaries)
     top = tables.top_load(main)
     ratios = tables.paired_ratios(top, jobs, metric, BASELINE)
     ratios = ratios[ratios["system"] != BASELINE]
+    if ratios.empty:  # no main system beside vllm
+        return None
     fig, _ = _dot_panels(ratios, f"{what} / vllm's ({better} is better)", 1.0)
     p = ratios[ratios["system"] == SUBJECT]
     if metric == "mean_jct_s":
@@ -319,12 +322,12 @@ def _normalised(summaries: pd.DataFrame, jobs: pd.DataFrame, stem: Path, metric:
     return finish(fig, stem, shows, cells_text(top), (reading or "pythia or vllm is missing") + ".")
 
 
-def normalised_bars(summaries: pd.DataFrame, jobs: pd.DataFrame, stem: Path) -> Figure:
+def normalised_bars(summaries: pd.DataFrame, jobs: pd.DataFrame, stem: Path) -> Figure | None:
     """Mean JCT over vllm's at each workload's top load, with paired intervals."""
     return _normalised(summaries, jobs, stem, "mean_jct_s", "mean JCT", "lower")
 
 
-def throughput_bars(summaries: pd.DataFrame, jobs: pd.DataFrame, stem: Path) -> Figure:
+def throughput_bars(summaries: pd.DataFrame, jobs: pd.DataFrame, stem: Path) -> Figure | None:
     """Output throughput over vllm's at each workload's top load."""
     return _normalised(summaries, jobs, stem, "output_tokens_per_s", "output throughput", "higher")
 

@@ -7,6 +7,8 @@ rule collect:
     output:
         summaries="results/tables/summaries.parquet",
         jobs="results/tables/jobs.parquet",
+    params:
+        code=ANALYSIS_CODE,
     conda:
         ENV
     log:
@@ -31,6 +33,7 @@ rule figures:
         fidelity=["results/tables/fidelity.parquet"] if REAL_PAIRS else [],
         real=[f"{r}/summary.json" for r, _ in REAL_PAIRS],
     params:
+        code=ANALYSIS_CODE,
         timeline=lambda w, input: str(Path(input.timeline[0]).parent) if input.timeline else "",
     output:
         figures=report(

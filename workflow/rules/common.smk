@@ -10,6 +10,8 @@ import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
 
+from pythia.provenance import ANALYSIS_PARTS, RUN_PARTS, data_files, source_digest
+
 # The conda environment of every rule (used with --use-conda; pip users have .venv).
 ENV = "../../environment.yml"
 
@@ -278,6 +280,24 @@ def _system_files(w):
             break
         name = (yaml.safe_load(Path(files[-1]).read_text()) or {}).get("extends")
     return files
+
+
+def _cluster_files(w):
+    """The cluster file a simulated run reads (a preset's file in the package, or the user's)."""
+    from pythia.sim.config import DEFAULT_CLUSTER
+
+    name = str(EXPERIMENTS[w.experiment].get("cluster", DEFAULT_CLUSTER))
+    return [name] if Path(name).is_file() else data_files(f"clusters/{name}.yaml")
+
+
+# The cost model's tables: GPU peaks, model shapes and the efficiency profile that
+# `pythia calibrate --write` edits. Inputs, so that a change reruns every simulated run.
+SIM_TABLES = data_files("gpus.yaml", "models.yaml", "efficiency.yaml")
+# Digests of the code behind a run and behind the figures (pythia.provenance), given to the
+# rules as params: Snakemake reruns a job whose params changed, so an upgraded package or an
+# edited simulator or policy reruns the runs, and edited analysis code redraws the figures.
+RUN_CODE = source_digest(RUN_PARTS)
+ANALYSIS_CODE = source_digest(ANALYSIS_PARTS)
 
 
 def _load_args(w):

@@ -18,6 +18,7 @@ rule real_run:
         seed=r"\d+",
     params:
         pythia=PYTHIA,
+        code=RUN_CODE,
         backend=lambda w: real_backend(w.system),
         workload=lambda w: experiment_workload(w.experiment),
         args=_real_args,

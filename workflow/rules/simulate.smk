@@ -5,6 +5,8 @@ rule sim_run:
     input:
         workload=_workload_files,
         system=_system_files,
+        cluster=_cluster_files,
+        tables=SIM_TABLES,
     output:
         summary="results/runs/{experiment}/{system}/{load}/seed{seed}/summary.json",
         calls="results/runs/{experiment}/{system}/{load}/seed{seed}/calls.parquet",
@@ -15,6 +17,7 @@ rule sim_run:
         seed=r"\d+",
     params:
         pythia=PYTHIA,
+        code=RUN_CODE,
         workload=lambda w: experiment_workload(w.experiment),
         args=_sim_args,
         out=lambda w, output: str(Path(output.summary).parent),
