@@ -204,7 +204,7 @@ def render(out: dict[str, Any]) -> str:
     # Headline, trace and bursty cells: the full table.
     for kind, title in (("headline", "saturated, KV-oversubscribed cell"), ("trace", "Claude Code sessions"),
                         ("bursty", "bursty open loop")):
-        for k in sorted(k for k in g if k[0] == kind):
+        for k in sorted((k for k in g if k[0] == kind), key=lambda k: (k[1], k[2], -1.0 if k[3] is None else k[3])):
             by = g[k]
             seeds = sorted({s for runs in by.values() for s in runs})
             v0 = by.get("vllm", {}).get(seeds[0]) if seeds else None

@@ -153,6 +153,28 @@ def test_router_breaks_headroom_ties_by_cache_affinity_and_falls_back_when_cold(
     assert cold.route(Req(1), [busy, Rep(1)], 0.0) == 1
 
 
+@pytest.mark.parametrize("cached, floor, expected", [
+    (2, 0.0, 0),   # any cached prefix is affinity: the busy replica holding the shared head
+    (2, 0.5, 1),   # a head under half the prompt is not: the emptier replica
+    (6, 0.5, 0),   # the call's own conversation (over half the prompt) still draws it
+])
+def test_cold_calls_follow_only_a_cached_prefix_covering_cold_affinity_min(cached, floor, expected):
+    router = PythiaRouter(tie_band=1.0, cold_affinity_min=floor)
+    router.bind(PythiaPredictor())  # no history: every type is cold, no call has a bound
+    h = np.arange(1, 11, dtype=np.int64)  # a 160-token prompt of 10 blocks
+    holder = Rep(0, kv=KV(used_blocks=500, free_blocks=500, resident=set(h[:cached].tolist())))
+    empty = Rep(1)
+    assert router.route(Req(1, prompt_tokens=160, block_hashes=h), [holder, empty], 0.0) == expected
+
+
+def test_a_warm_type_keeps_affinity_on_any_cached_prefix():
+    router = PythiaRouter(tie_band=1.0, cold_affinity_min=0.5)
+    router.bind(FixedPredictor())
+    h = np.arange(1, 11, dtype=np.int64)
+    holder = Rep(0, kv=KV(used_blocks=500, free_blocks=500, resident=set(h[:2].tolist())))
+    assert router.route(Req(1, prompt_tokens=160, block_hashes=h), [holder, Rep(1)], 0.0) == 0
+
+
 # --------------------------------------------------------------------------- scheduling
 
 

@@ -8,9 +8,14 @@ probability that some call outgrows its bound: ``sum_c p_c``) is at most ``epsil
 Among feasible replicas the one with the largest *expected* headroom (capacity minus prompts
 and expected outputs) wins; replicas within ``tie_band`` of capacity of the best are ties,
 broken by cache affinity (the call's prompt blocks already resident,
-``KVView.cached_prefix_blocks``). When none is feasible, or the call has no bound (cold
-predictor), the largest expected headroom decides among all replicas, again with affinity
-among ties.
+``KVView.cached_prefix_blocks``). When none is feasible, the largest expected headroom decides
+among all replicas, again with affinity among ties.
+
+A call whose workflow type is cold (the profiler has not yet seen ``min_jobs`` of its jobs)
+has no bound, so no capacity test to keep affinity from piling calls onto the replicas that hold
+a shared prefix: a replica's headroom is then what is not allocated or queued, and its cached
+prefix counts as affinity only when it covers ``cold_affinity_min`` of the prompt (the call's
+own conversation, not only the instructions every job of its role shares).
 """
 
 from __future__ import annotations
@@ -35,11 +40,14 @@ class PythiaRouter(Router):
             best are ties, broken by cache affinity.
         idle_batch: a replica with at most this many running and waiting calls counts as
             about to go idle (reported to the scheduler's unblocking term).
+        cold_affinity_min: for a call of a cold workflow type, the share of its prompt a replica's
+            cached prefix must cover to count as affinity.
     """
 
     name = "pythia"
 
-    def __init__(self, epsilon: float = 0.2, reserve: float = 0.05, tie_band: float = 0.1, idle_batch: int = 2) -> None:
+    def __init__(self, epsilon: float = 0.2, reserve: float = 0.05, tie_band: float = 0.1, idle_batch: int = 2,
+                 cold_affinity_min: float = 0.0) -> None:
         if not 0.0 < epsilon <= 1.0:
             raise PythiaInputError(f"router param epsilon={epsilon!r} must be in (0, 1]")
         if not 0.0 <= reserve < 1.0:
@@ -48,6 +56,9 @@ class PythiaRouter(Router):
             raise PythiaInputError(f"router param tie_band={tie_band!r} must be in [0, 1]")
         if not isinstance(idle_batch, int) or idle_batch < 0:
             raise PythiaInputError(f"router param idle_batch={idle_batch!r} must be an integer >= 0")
+        if not 0.0 <= cold_affinity_min <= 1.0:
+            raise PythiaInputError(f"router param cold_affinity_min={cold_affinity_min!r} must be in [0, 1]")
+        self.cold_affinity_min = float(cold_affinity_min)
         self.epsilon, self.reserve, self.tie_band, self.idle_batch = float(epsilon), float(reserve), float(tie_band), idle_batch
         self.pred: PythiaPredictor = as_pythia(None)
 
@@ -89,6 +100,7 @@ class PythiaRouter(Router):
         pred.note_pool(req.workflow_type, req.agent_role, pool)
         idle = sum(1 for r in replicas if r.num_running + r.num_waiting <= self.idle_batch)
         pred.note_idle(pool, idle / len(replicas))
+        cold = not pred.warm(req.workflow_type)
         rows = []
         for i, r in enumerate(replicas):
             kv = r.kv
@@ -107,8 +119,15 @@ class PythiaRouter(Router):
         if len(ties) == 1:
             return ties[0][0]
         hashes = req.block_hashes
+        # A call of a cold type counts a replica's cached prefix only when it covers
+        # cold_affinity_min of the prompt: a short shared prefix (the role's instructions) is
+        # cheap to compute again, and following it would pile every new conversation where it
+        # happens to sit.
+        floor = self.cold_affinity_min * req.prompt_tokens if cold else 0.0
 
         def affinity(row: tuple[int, bool, float, float]) -> tuple[int, float]:
-            return replicas[row[0]].kv.cached_prefix_blocks(hashes), row[2]
+            kv = replicas[row[0]].kv
+            n = kv.cached_prefix_blocks(hashes)
+            return (n if n * kv.block_size >= floor else 0), row[2]
 
         return max(ties, key=affinity)[0]
