@@ -51,3 +51,100 @@ def test_float_step_from_json_clients_is_accepted() -> None:
 def test_malformed_annotation_names_the_field(fields: dict, needle: str) -> None:
     with pytest.raises(PythiaInputError, match=needle):
         CallAnnotation.from_extra_args(fields)
+
+
+# --------------------------------------------------------------------------- agent instances, helper, headers
+
+
+def test_agent_instance_fields_round_trip_and_are_checked() -> None:
+    from pythia.workflow.annotation import with_annotation
+
+    body = with_annotation({"temperature": 0.2, "vllm_xargs": {"other": 1, "pythia.step": 9}},
+                           workflow_type="coding", workflow_id="job-1", agent_role="engineer",
+                           agent_id="engineer/2", parent_agent_id="planner/0")
+    assert body["temperature"] == 0.2 and body["vllm_xargs"]["other"] == 1
+    assert "pythia.step" not in body["vllm_xargs"]  # the caller's old pythia.* keys are replaced
+    ann = parse_request_body(body)
+    assert ann == CallAnnotation("coding", "job-1", "engineer", agent_id="engineer/2", parent_agent_id="planner/0")
+    with pytest.raises(PythiaInputError, match="agent_id"):
+        with_annotation(workflow_type="t", workflow_id="w", agent_role="r", agent_id="")
+    with pytest.raises(PythiaInputError, match="unknown field"):
+        with_annotation(workflow_type="t", workflow_id="w", agent_role="r", agentid="x")
+
+
+def test_headers_carry_the_same_fields() -> None:
+    from pythia.workflow.annotation import headers_to_extra_args
+
+    xargs = headers_to_extra_args({"X-Pythia-Workflow-Type": "rag", "x-pythia-workflow-id": "s1",
+                                   "X-PYTHIA-AGENT-ROLE": "reader", "X-Pythia-Agent-Id": "reader/1",
+                                   "X-Pythia-Step": "3", "Authorization": "Bearer k"})
+    assert CallAnnotation.from_extra_args(xargs) == CallAnnotation("rag", "s1", "reader", step=3, agent_id="reader/1")
+    assert headers_to_extra_args({"X-Pythia-Step": "three"}) == {"pythia.step": "three"}  # left for the plugin to refuse
+
+
+def _echo_app():  # type: ignore[no-untyped-def]
+    """An ASGI app answering with the body and content-length it received."""
+    import json as _json
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        length = dict(scope["headers"]).get(b"content-length", b"").decode()
+        out = _json.dumps({"body": body.decode("utf-8", "replace"), "length": length}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": out})
+
+    return app
+
+
+@pytest.mark.parametrize("body, headers, expected", [
+    # headers only: merged into vllm_xargs
+    ({"model": "m"}, {"X-Pythia-Workflow-Type": "t", "X-Pythia-Workflow-Id": "w", "X-Pythia-Agent-Role": "r"},
+     {"pythia.workflow_type": "t", "pythia.workflow_id": "w", "pythia.agent_role": "r"}),
+    # a body field wins over its header; other body keys are kept
+    ({"model": "m", "vllm_xargs": {"pythia.agent_role": "body", "k": 1}}, {"X-Pythia-Agent-Role": "header"},
+     {"pythia.agent_role": "body", "k": 1}),
+    # no Pythia header: the body is not touched
+    ({"model": "m"}, {"X-Other": "1"}, None),
+])
+def test_header_middleware_merges_into_the_body(body, headers, expected) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import json as _json
+
+    import httpx
+
+    from pythia.serve.headers import PythiaHeaders
+
+    async def go():  # type: ignore[no-untyped-def]
+        transport = httpx.ASGITransport(app=PythiaHeaders(_echo_app()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return (await client.post("/v1/chat/completions", json=body, headers=headers)).json()
+
+    got = asyncio.run(go())
+    seen = _json.loads(got["body"])
+    assert int(got["length"]) == len(got["body"].encode())
+    if expected is None:
+        assert seen == body
+    else:
+        assert seen["vllm_xargs"] == expected and seen["model"] == "m"
+
+
+def test_header_middleware_passes_through_what_it_cannot_read() -> None:
+    import asyncio
+
+    import httpx
+
+    from pythia.serve.headers import PythiaHeaders
+
+    async def go(content: bytes):  # type: ignore[no-untyped-def]
+        transport = httpx.ASGITransport(app=PythiaHeaders(_echo_app()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            r = await client.post("/v1/completions", content=content, headers={"X-Pythia-Agent-Role": "r"})
+            return r.json()["body"]
+
+    for raw in (b"not json", b"[1, 2]", b'{"vllm_xargs": 3}', b"\xff\xfe"):
+        assert asyncio.run(go(raw)).encode("utf-8", "replace") == raw.decode("utf-8", "replace").encode()

@@ -201,6 +201,24 @@ def test_malformed_annotation_is_served_and_counted(engine: Engine) -> None:
     assert engine.server.is_running()
 
 
+def test_annotation_in_headers_reaches_the_scheduler(engine: Engine) -> None:
+    # A client that cannot set extra_body: the three IDs and the agent instance as headers.
+    space = TokenSpace.for_model(engine.model)
+    body = {"model": str(engine.model), "prompt": space.ids(98, 0, 40).tolist(), "max_tokens": 2, "temperature": 0.0}
+    headers = {"X-Pythia-Workflow-Type": "coding-assistant", "X-Pythia-Workflow-Id": "wf-headers",
+               "X-Pythia-Agent-Role": "engineer", "X-Pythia-Agent-Id": "engineer/7"}
+    r = httpx.post(engine.url + "/v1/completions", json=body, headers=headers, timeout=120)
+    assert r.status_code == 200, r.text
+    for _ in range(50):
+        added = [e for e in engine.events() if e["event"] == "add"
+                 and (e.get("annotation") or {}).get("pythia.workflow_id") == "wf-headers"]
+        if added:
+            break
+        time.sleep(0.1)
+    assert added and added[0]["annotation"]["pythia.agent_id"] == "engineer/7"
+    assert added[0]["annotation"]["pythia.agent_role"] == "engineer"
+
+
 def test_pythia_run_writes_the_simulator_tables(model_dir: Path, tmp_path: Path) -> None:
     from pythia.cli import main
 

@@ -171,12 +171,16 @@ class EngineRequestView:
             self.workflow_type = ann.workflow_type
             self.workflow_id = ann.workflow_id
             self.agent_role = ann.agent_role
-            self.agent_id = ann.agent_role
+            # One instance among parallel agents of the role when the client names it;
+            # otherwise the role is the instance (all its calls one conversation).
+            self.agent_id = ann.agent_id or ann.agent_role
             step = ann.step if ann.step is not None else -1
             # The trace's call id when the client sent it: deps and parent hints name call ids.
             self.call_id = int(self.annotations.get("call_id", step))
             if ann.parent_call_id is not None:
                 self.annotations.setdefault("parent_call_id", ann.parent_call_id)
+            if ann.parent_agent_id is not None:
+                self.annotations.setdefault("parent_agent_id", ann.parent_agent_id)
         else:
             # An unannotated call is a job of its own, as a stock engine sees it.
             self.job_id = self.workflow_id = self.engine_request_id

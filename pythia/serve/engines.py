@@ -226,7 +226,9 @@ def build_launch(
         # vLLM schedules asynchronously on GPUs; its CPU platform turns that off, and stock
         # vLLM then runs the synchronous Scheduler, so the plugin uses the matching base.
         cls = PLUGIN_SCHEDULER if backend == "vllm" else PLUGIN_SCHEDULER_SYNC
-        argv += ["--scheduler-cls", cls, "--additional-config", json.dumps({"pythia": pc}, sort_keys=True)]
+        argv += ["--scheduler-cls", cls, "--additional-config", json.dumps({"pythia": pc}, sort_keys=True),
+                 # X-Pythia-* headers into the annotation, for clients that cannot set extra_body.
+                 "--middleware", "pythia.serve.headers.PythiaHeaders"]
     argv += list(extra_args or [])
     return EngineLaunch(backend, argv, env, host, port, model, plugin=plugin, plugin_config=pc, notes=tuple(notes))
 
