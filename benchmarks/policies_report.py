@@ -214,6 +214,12 @@ def render(out: dict[str, Any]) -> str:
                       f"Measured working-set ratio (vllm, seed {seeds[0] if seeds else '-'}): "
                       f"{fmt(v0['kv_working_set_ratio'] if v0 else None, 2)}; seeds {seeds}.", ""]
             lines += _system_table(by, seeds[0]) if seeds else []
+            lost = sorted(f"{s} (seed {seed}: {r['calls_lost']} calls, {r['jobs_submitted'] - r['jobs_completed']} jobs)"
+                          for s, rs in by.items() for seed, r in rs.items() if r.get("calls_lost"))
+            if lost:
+                lines += ["", "**Not a valid comparison for the runs that lost calls**: " + "; ".join(lost)
+                          + ". A lost call ends its job unfinished, and mean JCT covers finished jobs only, so those "
+                          "rows (and the targets below where they enter) understate their JCT."]
             if kind == "bursty":
                 lines += ["", "| system | GPU-seconds | cold-start replica-s | mean JCT s |", "|---|---|---|---|"]
                 for s, rs in sorted(by.items()):
