@@ -18,8 +18,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
 
-def _snakemake(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, check=False)
+def _snakemake(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
 
 
 def test_lint_passes() -> None:
@@ -74,7 +74,9 @@ def _copy_project(dst: Path) -> Path:
 @pytest.mark.slow
 def test_smoke_run_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     proj = _copy_project(tmp_path / "p")
-    first = _snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=proj)
+    # No public traces, wherever the checkout sits: the synthetic grid alone.
+    env = {**os.environ, "PYTHIA_TRACES": str(tmp_path / "no-traces")}
+    first = _snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=proj, env=env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     index = (proj / "results" / "figures" / "index.md").read_text()
     assert "jct_vs_load.png" in index and "autoscale_timeline.png" in index
@@ -84,10 +86,10 @@ def test_smoke_run_end_to_end_then_nothing_to_do(tmp_path: Path) -> None:
     summaries = pd.read_parquet(proj / "results" / "tables" / "summaries.parquet")
     assert set(summaries["workload"]) == {"coding-assistant", "deep-research", "coding-assistant-saturated"}
     assert (summaries["jobs_completed"] == summaries["jobs_submitted"]).all()
-    again = _snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=proj)
+    again = _snakemake("--cores", "2", "--configfile", "config/smoke.yaml", cwd=proj, env=env)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
-    report = _snakemake("--configfile", "config/smoke.yaml", "--report", "report.html", cwd=proj)
+    report = _snakemake("--configfile", "config/smoke.yaml", "--report", "report.html", cwd=proj, env=env)
     assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
     assert (proj / "report.html").stat().st_size > 10_000
 
