@@ -101,6 +101,22 @@ def _echo_app():  # type: ignore[no-untyped-def]
     return app
 
 
+def _through_middleware(path: str, headers: dict[str, str], **body):  # type: ignore[no-untyped-def]
+    """POST through PythiaHeaders to the echo app; the app's JSON answer."""
+    import asyncio
+
+    import httpx
+
+    from pythia.serve.headers import PythiaHeaders
+
+    async def go():  # type: ignore[no-untyped-def]
+        transport = httpx.ASGITransport(app=PythiaHeaders(_echo_app()))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return (await client.post(path, headers=headers, **body)).json()
+
+    return asyncio.run(go())
+
+
 @pytest.mark.parametrize("body, headers, expected", [
     # headers only: merged into vllm_xargs
     ({"model": "m"}, {"X-Pythia-Workflow-Type": "t", "X-Pythia-Workflow-Id": "w", "X-Pythia-Agent-Role": "r"},
@@ -112,19 +128,9 @@ def _echo_app():  # type: ignore[no-untyped-def]
     ({"model": "m"}, {"X-Other": "1"}, None),
 ])
 def test_header_middleware_merges_into_the_body(body, headers, expected) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
     import json as _json
 
-    import httpx
-
-    from pythia.serve.headers import PythiaHeaders
-
-    async def go():  # type: ignore[no-untyped-def]
-        transport = httpx.ASGITransport(app=PythiaHeaders(_echo_app()))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return (await client.post("/v1/chat/completions", json=body, headers=headers)).json()
-
-    got = asyncio.run(go())
+    got = _through_middleware("/v1/chat/completions", headers, json=body)
     seen = _json.loads(got["body"])
     assert int(got["length"]) == len(got["body"].encode())
     if expected is None:
@@ -134,17 +140,6 @@ def test_header_middleware_merges_into_the_body(body, headers, expected) -> None
 
 
 def test_header_middleware_passes_through_what_it_cannot_read() -> None:
-    import asyncio
-
-    import httpx
-
-    from pythia.serve.headers import PythiaHeaders
-
-    async def go(content: bytes):  # type: ignore[no-untyped-def]
-        transport = httpx.ASGITransport(app=PythiaHeaders(_echo_app()))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            r = await client.post("/v1/completions", content=content, headers={"X-Pythia-Agent-Role": "r"})
-            return r.json()["body"]
-
     for raw in (b"not json", b"[1, 2]", b'{"vllm_xargs": 3}', b"\xff\xfe"):
-        assert asyncio.run(go(raw)).encode("utf-8", "replace") == raw.decode("utf-8", "replace").encode()
+        got = _through_middleware("/v1/completions", {"X-Pythia-Agent-Role": "r"}, content=raw)["body"]
+        assert got.encode("utf-8", "replace") == raw.decode("utf-8", "replace").encode()
