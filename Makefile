@@ -27,6 +27,13 @@ $(VLLM_STAMP): | $(STAMP)
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
+# Ray Serve for the multi-replica host's tests (pinned in the `ray` extra; never ray[llm]). Installed
+# with the pipeline and test extras so that pip keeps snakemake's bounds (packaging<26).
+RAY_STAMP := $(VENV)/.ray-2.60.0
+$(RAY_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[pipeline,test,ray]'
+	touch $(RAY_STAMP)
+
 venv: $(STAMP)
 
 reproduce: $(STAMP)
@@ -37,7 +44,7 @@ reproduce: $(STAMP)
 figures: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/local --forcerun figures -- figures
 
-test: $(STAMP) $(VLLM_STAMP)
+test: $(STAMP) $(VLLM_STAMP) $(RAY_STAMP)
 	$(BIN)/python -m pytest -q
 
 # SLURM support, proven on one machine: a one-node cluster on localhost runs the smoke grid
