@@ -55,6 +55,7 @@ from pythia.serve.adapter import (
     parse_extra_args,
     uses_default_victim,
 )
+from pythia.serve.metrics import PluginMetrics, count_pinned_hits
 from pythia.serve.pins import BlockPinner, EngineKVView, EngineReplicaView, HashIndex
 from pythia.sim.costmodel import BatchShape
 
@@ -147,6 +148,7 @@ class PluginStats:
     victim_hook_calls: int = 0
     preemptions: int = 0
     hook_errors: int = 0
+    pinned_block_hits: int = 0  # prefix-cache hit blocks of admitted requests that were pinned
     jobs_started: int = 0
     jobs_ended_last_call: int = 0
     jobs_ended_idle: int = 0
@@ -255,6 +257,10 @@ class _PythiaAdapter:
         # scheduling the next step is scheduled before the previous one's update.
         self._steps_pending: dict[int, dict[str, Any]] = {}
         self._stats_due = 0.0
+        vc = self.vllm_config  # type: ignore[attr-defined]
+        self.pythia_metrics = PluginMetrics(vc.model_config.served_model_name, vc.parallel_config.data_parallel_rank,
+                                            self.pythia_config.stats_interval_s)
+        logger.info("Pythia metrics (pythia:*): %s", self.pythia_metrics.describe())
         logger.info(
             "Pythia scheduler plugin %s: hooks=%s, pin budget %d blocks of %d, base %s",
             __version__, self.pythia_hooks.source, budget, pool.num_gpu_blocks - 1,
@@ -374,7 +380,9 @@ class _PythiaAdapter:
         self._in_schedule = True
         try:
             self._mark_victim(now, pressure_only=True)
+            t_vllm = time.monotonic()
             out = super().schedule(*args, **kwargs)  # type: ignore[misc]
+            t_vllm = time.monotonic() - t_vllm
         finally:
             self._in_schedule = False
         st = self.pythia_stats
@@ -388,6 +396,12 @@ class _PythiaAdapter:
             st.preemptions += len(out.preempted_req_ids)
             if self.pythia_pinner.pinned_blocks:
                 self.pythia_pinner.release_all(under_pressure=True)
+        if self.pythia_pinner.pinned_blocks and out.scheduled_new_reqs:
+            for nr in out.scheduled_new_reqs:
+                r = self.requests.get(nr.req_id)  # type: ignore[attr-defined]
+                if r is not None:
+                    st.pinned_block_hits += count_pinned_hits(self.pythia_pinner.is_pinned, r.block_hashes,
+                                                              nr.num_computed_tokens, self.block_size)  # type: ignore[attr-defined]
         if self._events is not None and out.scheduled_new_reqs:
             for nr in out.scheduled_new_reqs:
                 v = self._views.get(nr.req_id)
@@ -402,6 +416,9 @@ class _PythiaAdapter:
             self._apply(self._call_hook(hooks.cache.on_tick, [self._replica_view], now))
         if self._predictor is not None:
             self._end_idle_jobs(now)
+        pinner = self.pythia_pinner
+        self.pythia_metrics.step(time.monotonic() - t_start - t_vllm, st, pinner.stats, pinner.pinned_blocks,
+                                 pinner.budget_blocks, now)
         if self.pythia_config.stats_path and now >= self._stats_due:
             self._stats_due = now + self.pythia_config.stats_interval_s
             self.write_stats()
@@ -431,8 +448,11 @@ class _PythiaAdapter:
             step.update(e=time.monotonic(), first=first, done=done)
             assert self._steps_log is not None
             self._steps_log.write(json.dumps(step, separators=(",", ":")) + "\n")
-        if self.pythia_config.stats_path and not self.requests:  # type: ignore[attr-defined]
-            self.write_stats()
+        if not self.requests:  # type: ignore[attr-defined]
+            pinner = self.pythia_pinner
+            self.pythia_metrics.idle(self.pythia_stats, pinner.stats, pinner.pinned_blocks, pinner.budget_blocks)
+            if self.pythia_config.stats_path:
+                self.write_stats()
         return out
 
     def _step_shape(self, out: Any, t_start: float) -> dict[str, Any]:
@@ -501,6 +521,7 @@ class _PythiaAdapter:
                 if f is not None:
                     f.close()
                     setattr(self, name, None)
+            self.pythia_metrics.close()
         finally:
             super().shutdown()  # type: ignore[misc]
 
