@@ -17,6 +17,9 @@ from typing import Any
 from pythia.errors import PythiaInputError
 from pythia.serve.cli import BACKENDS
 
+# Pythia's Ray Serve host (pythia.serve.ray_host): several replicas per model pool.
+RAY_BACKENDS = ("ray-vllm-cpu", "ray-vllm")
+
 TINY_CONTEXT = 4096
 MIN_MODEL_LEN = 16
 
@@ -61,6 +64,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise PythiaInputError(f"option --max-model-len={args.max_model_len} must be at least {MIN_MODEL_LEN}")
     if args.model and not Path(args.model).exists():
         raise PythiaInputError(f"option --model={args.model}: no such folder")
+    if args.backend in RAY_BACKENDS:
+        return _cmd_ray_run(args)
     if not args.model and args.backend != "vllm-cpu":
         raise PythiaInputError(f"option --model is required with --backend {args.backend} (a local model folder)")
     if args.backend == "sglang":
@@ -97,6 +102,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in short.items()}))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0 if summary.get("calls_failed", 0) == 0 else 1
+
+
+def _cmd_ray_run(args: argparse.Namespace) -> int:
+    """``pythia run --backend ray-vllm-cpu|ray-vllm``: every input checked before Ray or an engine starts."""
+    from pythia.bench.ray_run import RayRunOptions, host_config, parse_pool_models, ray_real_run
+    from pythia.cli import load_options_from_args
+    from pythia.workflow.load import load_workload
+
+    if not args.model and args.backend != "ray-vllm-cpu" and not args.pool_model:
+        raise PythiaInputError(f"option --model is required with --backend {args.backend} (a local model folder)")
+    _check_run_out(args)
+    trace = load_workload(args.workload, dataclasses.replace(load_options_from_args(args), gap_scale=1.0))
+    if not trace.jobs:
+        raise PythiaInputError(f"{args.workload}: the workload has no jobs")
+    opts = RayRunOptions(
+        backend=args.backend, model="", out=args.out, cluster=args.cluster, system=args.system, router=args.router,
+        autoscaler=args.autoscaler, pool_models=parse_pool_models(args.pool_model), plugin=args.plugin,
+        max_model_len=args.max_model_len or (TINY_CONTEXT if args.model is None else None), num_blocks=args.num_blocks,
+        gap_scale=args.gap_scale, max_duration_s=args.max_duration_s, max_calls=args.max_calls,
+        start_timeout_s=args.start_timeout_s, extra_engine_args=list(args.engine_arg),
+        kill_replica_after_s=args.kill_replica_after_s, num_cpus=args.ray_num_cpus, warmup=not args.no_warmup,
+        progress=sys.stderr.isatty(),
+    )
+    host_config(trace, dataclasses.replace(opts, model="-"))  # cluster, pools, names: before anything starts
+    opts.model = _model_for("vllm-cpu" if args.backend == "ray-vllm-cpu" else args.backend, args.model) \
+        if (args.model or args.backend == "ray-vllm-cpu") else next(iter(opts.pool_models.values()))
+    summary = ray_real_run(trace, opts)
+    keys = ("jobs_completed", "calls_completed", "mean_jct_s", "p95_jct_s", "prefix_hit_rate", "replicas_used",
+            "replica_restarts", "lost_calls", "calls_per_replica")
+    short = {k: summary.get(k) for k in keys}
+    print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in short.items()}))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0 if summary.get("calls_failed", 0) == 0 and summary.get("lost_calls", 0) == 0 else 1
 
 
 def _check_calibrate_outputs(args: argparse.Namespace) -> None:
@@ -152,7 +190,8 @@ def register(subparsers: Any) -> None:
         description="Start one engine replica, wait for health, replay the workload, stop it; writes "
         "calls/jobs/timeseries parquet and summary.json as the simulator does.",
     )
-    rn.add_argument("--backend", choices=BACKENDS, required=True)
+    rn.add_argument("--backend", choices=BACKENDS + RAY_BACKENDS, required=True,
+                    help="one engine (vllm-cpu, vllm, sglang) or Pythia's Ray Serve host (ray-vllm-cpu, ray-vllm)")
     rn.add_argument("--system", default="vllm", help="system name (baselines/NAME.yaml), default vllm")
     rn.add_argument("--workload", type=Path, required=True, help="workflow spec, trace file or directory")
     rn.add_argument("--model", help="local model folder (vllm-cpu default: the tiny model, generated once)")
@@ -175,6 +214,15 @@ def register(subparsers: Any) -> None:
     rn.add_argument("--step-log", action="store_true",
                     help="record the engine's step times and batch shapes into engine-steps.jsonl (loads the plugin; "
                     "with --system vllm it schedules as stock vLLM); what `pythia calibrate` fits")
+    ray_opts = rn.add_argument_group("Ray Serve host (--backend ray-vllm-cpu|ray-vllm)")
+    ray_opts.add_argument("--cluster", help="cluster preset or YAML file of the pools (default cpu-pools on ray-vllm-cpu)")
+    ray_opts.add_argument("--router", help="router policy by registry name, in place of the system's")
+    ray_opts.add_argument("--autoscaler", help="autoscaler by registry name (pythia, reactive, none), in place of the system's")
+    ray_opts.add_argument("--pool-model", action="append", default=[], metavar="POOL=DIR",
+                          help="the model folder of one pool (repeatable; others serve --model)")
+    ray_opts.add_argument("--kill-replica-after-s", type=positive_float, metavar="S",
+                          help="fault injection: kill one replica's engine this long into the replay")
+    ray_opts.add_argument("--ray-num-cpus", type=positive_int, default=4, help="logical CPUs of a local Ray (default 4)")
     add_workload_options(rn)
     rn.set_defaults(func=_cmd_run)
 

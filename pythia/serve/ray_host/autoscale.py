@@ -41,7 +41,8 @@ class PythiaAutoscalingPolicy:
         self.state_actor, self.namespace = state_actor, namespace
         self._state: Any = None
         self._pending: Any = None
-        self._last_ask = -float("inf")
+        # The first decision comes one interval after deployment, as the simulator's first tick.
+        self._last_ask = time.monotonic()
         self._decision: int | None = None
 
     def _actor(self) -> Any:

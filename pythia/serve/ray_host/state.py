@@ -163,7 +163,7 @@ class WorkflowState:
         self.replicas[rid] = dict(stats)
         if len(self.timeseries) < MAX_TIMESERIES:
             self.timeseries.append({
-                "t_s": now, "replica": rid, "pool": stats["pool"], "state": stats["state"],
+                "t_s": now, "wall": self.clock(), "replica": rid, "pool": stats["pool"], "state": stats["state"],
                 "num_running": stats["num_running"], "num_waiting": stats["num_waiting"],
                 "kv_usage": stats["kv_usage"], "total_blocks": stats["total_blocks"],
                 **{k: stats[k] for k in ("prefix_cache_queries", "prefix_cache_hits", "preemptions",
