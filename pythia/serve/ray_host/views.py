@@ -95,6 +95,8 @@ def parse_call(body: Mapping[str, Any], headers: Mapping[str, str], block_size: 
         xargs = {k: v for k, v in xargs.items() if not (isinstance(k, str) and k.startswith(PREFIX))}
     if xargs:
         out["vllm_xargs"] = xargs
+    else:
+        out.pop("vllm_xargs", None)
     request_id = str(out.get("request_id") or f"pythia-ray-{uuid.uuid4().hex[:16]}")
     ann = parsed.annotation
     hints = parsed.hints
