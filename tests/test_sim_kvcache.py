@@ -28,7 +28,7 @@ def admit(kv: KVCache, req: Req, tokens: int) -> bool:
     return True
 
 
-ops = st.lists(st.tuples(st.sampled_from(["admit", "free", "pin", "unpin", "demote", "offload", "prefetch"]),
+ops = st.lists(st.tuples(st.sampled_from(["admit", "free", "pin", "unpin", "release", "demote", "offload", "prefetch"]),
                          st.integers(0, 5), st.integers(1, 200)), max_size=60)
 
 
@@ -50,6 +50,9 @@ def test_blocks_are_conserved(seq, total, host):
             kv.pin(chains[r][:3])
         elif op == "unpin":
             kv.unpin(chains[r][:3])
+        elif op == "release":
+            pinned = sum(kv.pins.values())
+            assert kv.release_pins() == pinned and not kv.pins
         elif op == "demote":
             kv.demote(chains[r][:tokens % 7])
         elif op == "offload":

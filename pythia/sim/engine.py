@@ -136,6 +136,9 @@ class Replica:
         self.ff_iterations = 0
         self.ff_prefill_iterations = 0  # of which some call took a prefill chunk
         self.preemptions = 0
+        self.pins_yielded = 0  # pins released so that a blocked call could be admitted
+        self.only_preempted = False  # the last step preempted and scheduled nothing
+        self.precompute_yielded = 0  # paused precompute runs whose blocks were released for one
         self.busy_fs = 0
         self.check_invariants = False
 
@@ -224,6 +227,11 @@ class Replica:
 
     def _boundary(self, now: int) -> None:
         it = self._schedule(now)
+        while it is None and self.only_preempted:
+            # The step preempted the call it was placing and scheduled nothing (vLLM stops its
+            # running loop there). vLLM's engine calls the scheduler again at once, and so do
+            # we: each such step removes a running call, so this ends.
+            it = self._schedule(now)
         if it is None:
             self.busy = False
             self.inflight = {}
@@ -292,6 +300,32 @@ class Replica:
         victim.num_preemptions += 1
         self.preemptions += 1
         self.waiting.prepend(victim)
+
+    def _yield_speculative(self, running: list[SimRequest], now: int) -> bool:
+        """Release pins and paused precompute when the waiting head cannot be admitted and no call runs.
+
+        Nothing would ever free blocks then: pins and a precompute stopped half way (it runs
+        only while no call waits) would hold the head, and the replica, forever. Both are
+        predictions and a waiting call is real work, so they yield, as the vLLM plugin
+        releases its pins under memory pressure (docs/simulator.md, KV cache). A precompute's
+        full blocks stay cached, so it resumes from them later. Returns whether anything was
+        released.
+        """
+        if running:
+            return False
+        kv = self.kv_pool
+        kv.now_s = now / FS_PER_S
+        released = False
+        for req in self.background:
+            if req.kv_ref or req.kv_priv:
+                kv.free(req)
+                req.num_computed_tokens = 0
+                self.precompute_yielded += 1
+                released = True
+        if getattr(kv, "pins", None):
+            self.pins_yielded += kv.release_pins()
+            released = True
+        return released
 
     def _schedule(self, now: int) -> Iteration | None:
         """One call of the scheduler: the iteration it starts (also left in ``self.inflight``), or ``None`` if idle."""
@@ -368,6 +402,8 @@ class Replica:
                     required += self.watermark_blocks
                 avail = kv.available()
                 if required > avail:
+                    if self._yield_speculative(running, now):
+                        continue  # the head is looked at again with those blocks evictable
                     break  # taking idle hit blocks only adds to it: the head stays blocked
                 h2 = kv.host_match(hl, k, limit)
                 hit = (k + h2) * bs
@@ -380,6 +416,8 @@ class Replica:
                     n_new = budget
                 required += kv.idle_hits(hl, k)
                 if required > avail:
+                    if self._yield_speculative(running, now):
+                        continue
                     break
                 waiting.pop()
                 kv.acquire(req, k)
@@ -424,6 +462,7 @@ class Replica:
                         add(n_new, c, c + n_new >= req.num_tokens)
                         req.computed_tokens += n_new
         self.inflight = sched
+        self.only_preempted = preempted and not sched
         if not sched:
             return None
         cost = self.cost.batch_fs(shape)
@@ -481,6 +520,8 @@ class Replica:
             "fast_forwarded_iterations": self.ff_iterations,
             "fast_forwarded_prefill_iterations": self.ff_prefill_iterations,
             "preemptions": self.preemptions,
+            "pins_yielded": self.pins_yielded,
+            "precompute_yielded": self.precompute_yielded,
             "kv_blocks": self.kv_pool.total_blocks,
             "evictions": self.kv_pool.evictions,
             "busy_s": self.busy_fs / FS_PER_S,

@@ -329,6 +329,14 @@ class KVCache(BlankAllocation):
         self.lru.add_run(freed, self.now_s)
         return done
 
+    def release_pins(self) -> int:
+        """Drop every pin (a call that cannot be admitted otherwise takes their blocks).
+
+        Returns the number of pins released. Blocks nobody else holds become evictable at
+        the tail of the eviction order, as after :meth:`unpin`.
+        """
+        return self.unpin([h for h, c in list(self.pins.items()) for _ in range(c)])
+
     def demote(self, hashes: Iterable[int]) -> int:
         """Move evictable blocks to the front of the eviction order (release early)."""
         done = 0

@@ -178,6 +178,8 @@ class Simulation:
             "fast_forwarded_iterations": sum(c["fast_forwarded_iterations"] for c in counters),
             "fast_forwarded_prefill_iterations": sum(c["fast_forwarded_prefill_iterations"] for c in counters),
             "kv_evictions": sum(c["evictions"] for c in counters),
+            "pins_yielded": sum(c["pins_yielded"] for c in counters),
+            "precompute_yielded": sum(c["precompute_yielded"] for c in counters),
             "clamped_calls": runtime.clamped,
             "rejected_calls": runtime.rejected,
             "unfinished_calls": unfinished,
