@@ -191,3 +191,32 @@ class RayHost:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """The application from a Serve config file's ``args`` (``serve deploy``/``serve run`` on a cluster).
+
+    ``args``: ``backend`` (default ``ray-vllm``), ``system``, optional ``router`` and
+    ``autoscaler``, ``pools`` (a list of :class:`PoolSpec` fields), optional ``role_pools``
+    (a list of ``[workflow_type, agent_role, pool]``), ``max_model_len``, ``log_dir``. The
+    workflow-state actor is created (detached, named) when the cluster lacks it.
+    """
+    from pythia.policy.systems import load_system
+    from pythia.serve.engines import engine_flags
+
+    system = str(args.get("system", "pythia"))
+    pools = tuple(PoolSpec(**{k: (tuple(v) if k == "aliases" else v) for k, v in p.items()}) for p in args["pools"])
+    cfg = HostConfig(
+        backend=str(args.get("backend", "ray-vllm")), pools=pools, system=system, router=args.get("router"),
+        autoscaler=args.get("autoscaler"), role_pools={(t, r): p for t, r, p in args.get("role_pools", [])},
+        engine_flags=engine_flags(load_system(system)), plugin=bool(args.get("plugin", True)),
+        max_model_len=args.get("max_model_len"),
+    )
+    try:
+        state = ray.get_actor(STATE_ACTOR, namespace=NAMESPACE)
+    except ValueError:
+        spec = {p.name: (p.min_replicas, p.max_replicas, p.model) for p in pools}
+        state = ray.remote(WorkflowState).options(name=STATE_ACTOR, namespace=NAMESPACE, lifetime="detached",
+                                                  num_cpus=0).remote(system, spec, cfg.router, cfg.autoscaler)
+    enabled, interval = ray.get(state.scaling.remote())
+    return build_app(cfg, Path(str(args.get("log_dir", "/tmp/pythia-ray"))), interval if enabled else None)
