@@ -251,6 +251,23 @@ def test_pins_are_released_when_the_engine_must_preempt(model_dir: Path) -> None
     assert stats["released_under_pressure"] == 4 and stats["pinned_blocks"] == 0
 
 
+def test_pins_yield_to_a_waiting_call_when_nothing_runs(model_dir: Path) -> None:
+    # 29 usable blocks; 20 pinned leave 9, and the next call needs 12: with nothing running
+    # no block would ever be freed, so the pins go and the call is served.
+    sched = make_scheduler(PythiaSyncScheduler, model_dir, num_blocks=30, max_num_seqs=4, max_num_batched_tokens=256,
+                           pythia={"pin_budget_fraction": 0.9})
+    first = make_request("sys0", tokens(400, 20 * BLOCK), 2, annotation("planner"))
+    sched.add_request(first)
+    drive(sched, max_steps=100)
+    assert sched.pin_prefix(list(first.block_hashes[:20])) == 20
+    sched.add_request(make_request("big", tokens(41, 12 * BLOCK - 4), 2, annotation("engineer")))
+    steps = drive(sched, max_steps=50)
+    stats = sched.stats_dict()
+    assert "big" in [r for st in steps for r in st.new] and stats["preemptions"] == 0
+    assert stats["pins_yielded_to_waiting"] == 1 and stats["released_under_pressure"] == 20
+    assert sched.pythia_pinner.pinned_blocks == 0
+
+
 def test_reset_prefix_cache_drops_pins_first(model_dir: Path) -> None:
     sched = make_scheduler(PythiaSyncScheduler, model_dir, num_blocks=48)
     first = make_request("sys0", SYSTEM + tokens(400, 20), 2, annotation("planner"))

@@ -106,7 +106,8 @@ class _Families:
             PREFIX + "cache_actions", "Cache actions of the hosted policy, by outcome: pin, pin_missed (block not "
             "resident), pin_refused (over the budget), unpin, demote, unsupported.", (*LABELS, "action"), registry=reg)
         self.pins_released_under_pressure = Counter(
-            PREFIX + "pins_released_under_pressure", "Pins dropped because the engine preempted.", LABELS, registry=reg)
+            PREFIX + "pins_released_under_pressure", "Pins dropped because the engine preempted, or because a waiting request could not "
+            "be admitted while nothing ran.", LABELS, registry=reg)
         self.jobs_started = Counter(
             PREFIX + "jobs_started", "Jobs (workflow ids) whose first call reached the engine.", LABELS, registry=reg)
         self.jobs_ended = Counter(

@@ -14,7 +14,8 @@ decisions need (see ``vllm/v1/core/block_pool.py`` in vLLM 0.32):
 
 Pins are bounded by a budget (a number of blocks) so that they can never take the pool from
 admission: a pin past the budget is refused and counted. The host also releases every pin
-when the engine had to preempt, since preemption is the sign that memory is short.
+when the engine had to preempt, since preemption is the sign that memory is short, and when
+a request waits that the pool cannot take while nothing runs (no block would ever be freed).
 
 Nothing here imports vLLM; the pool is used through the methods named above.
 """

@@ -149,6 +149,7 @@ class PluginStats:
     preemptions: int = 0
     hook_errors: int = 0
     pinned_block_hits: int = 0  # prefix-cache hit blocks of admitted requests that were pinned
+    pins_yielded_to_waiting: int = 0  # steps where every pin was released for a waiting call
     jobs_started: int = 0
     jobs_ended_last_call: int = 0
     jobs_ended_idle: int = 0
@@ -396,6 +397,13 @@ class _PythiaAdapter:
             st.preemptions += len(out.preempted_req_ids)
             if self.pythia_pinner.pinned_blocks:
                 self.pythia_pinner.release_all(under_pressure=True)
+        elif (self.pythia_pinner.pinned_blocks and not self.running and self.waiting  # type: ignore[attr-defined]
+              and not out.scheduled_new_reqs):
+            # Nothing runs and the waiting head was not admitted: no block will ever be
+            # freed, so the pins (predictions) yield to the call (real work), as in the
+            # simulator (docs/simulator.md, "Speculative holdings yield").
+            self.pythia_pinner.release_all(under_pressure=True)
+            st.pins_yielded_to_waiting += 1
         if self.pythia_pinner.pinned_blocks and out.scheduled_new_reqs:
             for nr in out.scheduled_new_reqs:
                 r = self.requests.get(nr.req_id)  # type: ignore[attr-defined]
