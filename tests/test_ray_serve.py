@@ -29,7 +29,7 @@ import pytest
 from pythia.errors import PythiaInputError
 from pythia.serve.ray_host.config import HostConfig, PoolSpec
 from pythia.serve.ray_host.state import WorkflowState
-from pythia.serve.ray_host.views import CallView, StatsReplica, parse_call, replica_stats
+from pythia.serve.ray_host.views import StatsReplica, parse_call, replica_stats
 from pythia.workflow.hashing import stable_key
 from pythia.workflow.trace import Call, Job, Trace, segments, write_trace
 
