@@ -2,7 +2,7 @@
 
 Every decision is written once against these interfaces and the views in
 :mod:`pythia.policy.views`, and runs unchanged in every host (simulator, vLLM plugin,
-gateway). They follow vLLM V1's shape so vLLM can host them:
+Ray Serve host). They follow vLLM V1's shape so vLLM can host them:
 
 - :class:`SchedulingPolicy` makes the waiting queue (vLLM's ``RequestQueue``) and names the
   preemption victim when KV blocks run out;

@@ -1,7 +1,7 @@
 """The narrow, typed views a policy sees of an engine.
 
 A policy never imports the simulator or vLLM. Each host (the simulator, the vLLM scheduler
-plugin, the gateway) hands policies objects that satisfy these protocols: the simulator's
+plugin, the Ray Serve host) hands policies objects that satisfy these protocols: the simulator's
 own request and replica objects carry these attributes directly (no copy per step); the
 vLLM plugin wraps ``vllm.v1.request.Request`` in a thin adapter.
 """
@@ -27,7 +27,7 @@ class RequestView(Protocol):
         arrival_s: when the call reached this engine's waiting queue (seconds).
         num_preemptions: times the call was preempted (and recomputed).
         block_hashes: chained hashes of the full KV blocks of prompt + output.
-        annotations: predictions and other hints attached by the gateway or runtime
+        annotations: predictions and other hints attached by a host (the Ray Serve ingress) or the runtime
             (empty for an unannotated call); policies must tolerate missing keys.
     """
 

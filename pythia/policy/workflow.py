@@ -1,6 +1,6 @@
 """The workflow service: what hosts tell policies about jobs, and what policies may ask.
 
-Every host (the simulator's runtime, the vLLM plugin, the gateway) reports the life of
+Every host (the simulator's runtime, the vLLM plugin, the Ray Serve host) reports the life of
 jobs and calls to one :class:`Predictor` per run: a job starts, a call is issued, a call
 finishes, a job ends. Policies that need workflow knowledge (Pythia's four mechanisms,
 program-level baselines such as Autellix, Continuum or ThunderAgent) receive the same
