@@ -34,6 +34,13 @@ $(RAY_STAMP): pyproject.toml | $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[pipeline,test,ray]'
 	touch $(RAY_STAMP)
 
+# The Rust vllm-router for the routing baseline's tests (pinned in the `router` extra). Its wheel
+# carries the compiled router; it adds orjson and nothing vLLM or Ray pin.
+ROUTER_STAMP := $(VENV)/.vllm-router-0.1.17
+$(ROUTER_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[pipeline,test,router]'
+	touch $(ROUTER_STAMP)
+
 venv: $(STAMP)
 
 reproduce: $(STAMP)
@@ -44,7 +51,7 @@ reproduce: $(STAMP)
 figures: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/local --forcerun figures -- figures
 
-test: $(STAMP) $(VLLM_STAMP) $(RAY_STAMP)
+test: $(STAMP) $(VLLM_STAMP) $(RAY_STAMP) $(ROUTER_STAMP)
 	$(BIN)/python -m pytest -q
 
 # SLURM support, proven on one machine: a one-node cluster on localhost runs the smoke grid

