@@ -167,6 +167,37 @@ def test_cold_calls_follow_only_a_cached_prefix_covering_cold_affinity_min(cache
     assert router.route(Req(1, prompt_tokens=160, block_hashes=h), [holder, empty], 0.0) == expected
 
 
+@pytest.mark.parametrize("sticky, extends, expected", [
+    (True, True, 0),    # the replica that served the agent's last call, its blocks gone from the GPU
+    (True, False, 1),   # a prompt that does not extend that call: headroom decides
+    (False, True, 1),   # the rule off: headroom decides
+])
+def test_cold_calls_follow_the_replica_that_served_the_conversation(sticky, extends, expected):
+    router = PythiaRouter(tie_band=1.0, cold_affinity_min=0.5, cold_sticky=sticky)
+    router.bind(PythiaPredictor())  # cold: no bounds
+    h = np.arange(1, 11, dtype=np.int64)
+    first = [Rep(0), Rep(1, kv=KV(used_blocks=500, free_blocks=500))]
+    assert router.route(Req(1, prompt_tokens=160, block_hashes=h), first, 0.0) == 0
+    # Replica 0 has since evicted the conversation and is the busier one; the next prompt
+    # extends the first one (the same leading hashes) or starts anew.
+    nxt = np.concatenate([h if extends else h + 100, np.arange(50, 58, dtype=np.int64)])
+    then = [Rep(0, kv=KV(used_blocks=400, free_blocks=600)), Rep(1)]
+    assert router.route(Req(2, prompt_tokens=288, block_hashes=nxt), then, 0.0) == expected
+    # Another agent of the same job has no history: headroom.
+    other = Req(3, agent_id="b", prompt_tokens=288, block_hashes=nxt)
+    assert router.route(other, then, 0.0) == 1
+
+
+def test_the_agent_table_stays_bounded():
+    router = PythiaRouter(tie_band=1.0, cold_sticky=True)
+    router.bind(PythiaPredictor())
+    router.max_tracked_agents = 8
+    h = np.arange(1, 4, dtype=np.int64)
+    for i in range(50):
+        router.route(Req(i, job_id=f"j{i}", block_hashes=h), [Rep(0), Rep(1)], 0.0)
+    assert len(router._last) <= 8 and ("j49", "a") in router._last
+
+
 def test_a_warm_type_keeps_affinity_on_any_cached_prefix():
     router = PythiaRouter(tie_band=1.0, cold_affinity_min=0.5)
     router.bind(FixedPredictor())

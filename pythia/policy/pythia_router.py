@@ -15,11 +15,17 @@ A call whose workflow type is cold (the profiler has not yet seen ``min_jobs`` o
 has no bound, so no capacity test to keep affinity from piling calls onto the replicas that hold
 a shared prefix: a replica's headroom is then what is not allocated or queued, and its cached
 prefix counts as affinity only when it covers ``cold_affinity_min`` of the prompt (the call's
-own conversation, not only the instructions every job of its role shares).
+own conversation, not only the instructions every job of its role shares). With
+``cold_sticky``, the replica that served the agent's previous call, when this prompt extends
+that call's prompt, counts as holding that prompt even where its blocks left the GPU: the
+router knows where it sent the conversation, and the blocks may sit in that replica's host
+tier (a router that keeps a tree of what it routed, as SGLang's does, follows a
+conversation whatever its cache evicted).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Sequence
 
 from pythia.errors import PythiaInputError
@@ -42,12 +48,14 @@ class PythiaRouter(Router):
             about to go idle (reported to the scheduler's unblocking term).
         cold_affinity_min: for a call of a cold workflow type, the share of its prompt a replica's
             cached prefix must cover to count as affinity.
+        cold_sticky: for a call of a cold workflow type, the replica that served the agent's
+            previous call counts as holding that call's prompt when this prompt extends it.
     """
 
     name = "pythia"
 
     def __init__(self, epsilon: float = 0.2, reserve: float = 0.05, tie_band: float = 0.1, idle_batch: int = 2,
-                 cold_affinity_min: float = 0.0) -> None:
+                 cold_affinity_min: float = 0.0, cold_sticky: bool = False) -> None:
         if not 0.0 < epsilon <= 1.0:
             raise PythiaInputError(f"router param epsilon={epsilon!r} must be in (0, 1]")
         if not 0.0 <= reserve < 1.0:
@@ -58,9 +66,16 @@ class PythiaRouter(Router):
             raise PythiaInputError(f"router param idle_batch={idle_batch!r} must be an integer >= 0")
         if not 0.0 <= cold_affinity_min <= 1.0:
             raise PythiaInputError(f"router param cold_affinity_min={cold_affinity_min!r} must be in [0, 1]")
+        if not isinstance(cold_sticky, bool):
+            raise PythiaInputError(f"router param cold_sticky={cold_sticky!r} must be true or false")
         self.cold_affinity_min = float(cold_affinity_min)
+        self.cold_sticky = cold_sticky
         self.epsilon, self.reserve, self.tie_band, self.idle_batch = float(epsilon), float(reserve), float(tie_band), idle_batch
         self.pred: PythiaPredictor = as_pythia(None)
+        # (job id, agent id) -> (replica id, prompt blocks, hash of the last one) of the
+        # agent's last routed call; bounded, oldest forgotten first (ended jobs go first).
+        self._last: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
+        self.max_tracked_agents = 65536
 
     def bind(self, predictor: Predictor) -> None:
         """Receive the run's workflow service."""
@@ -116,9 +131,16 @@ class PythiaRouter(Router):
         feas = [row for row in rows if row[1]] or rows
         best = max(row[2] for row in feas)
         ties = [row for row in feas if row[2] >= best - self.tie_band * row[3]]
-        if len(ties) == 1:
-            return ties[0][0]
         hashes = req.block_hashes
+        track = cold and self.cold_sticky
+        if len(ties) == 1:
+            if track:
+                self._remember(req, replicas[ties[0][0]].replica_id, hashes)
+            return ties[0][0]
+        prev = self._last.get((req.job_id, req.agent_id)) if track else None
+        sticky = -1
+        if prev is not None and 0 < prev[1] <= len(hashes) and int(hashes[prev[1] - 1]) == prev[2]:
+            sticky = prev[0]  # this prompt extends the one that replica served
         # A call of a cold type counts a replica's cached prefix only when it covers
         # cold_affinity_min of the prompt: a short shared prefix (the role's instructions) is
         # cheap to compute again, and following it would pile every new conversation where it
@@ -126,8 +148,27 @@ class PythiaRouter(Router):
         floor = self.cold_affinity_min * req.prompt_tokens if cold else 0.0
 
         def affinity(row: tuple[int, bool, float, float]) -> tuple[int, float]:
-            kv = replicas[row[0]].kv
+            r = replicas[row[0]]
+            kv = r.kv
             n = kv.cached_prefix_blocks(hashes)
+            if r.replica_id == sticky:
+                n = max(n, prev[1])  # type: ignore[index]
             return (n if n * kv.block_size >= floor else 0), row[2]
 
-        return max(ties, key=affinity)[0]
+        choice = max(ties, key=affinity)[0]
+        if track:
+            self._remember(req, replicas[choice].replica_id, hashes)
+        return choice
+
+    def _remember(self, req: RequestView, replica_id: int, hashes: Sequence[int]) -> None:
+        """Record where the agent's call went; the table stays bounded (ended jobs' agents
+        are dropped first, then the oldest)."""
+        last = self._last
+        key = (req.job_id, req.agent_id)
+        last.pop(key, None)
+        if len(last) >= self.max_tracked_agents:
+            for k in [k for k in last if self.pred.job(k[0]) is None]:
+                del last[k]
+            while len(last) >= self.max_tracked_agents:
+                last.popitem(last=False)
+        last[key] = (replica_id, len(hashes), int(hashes[-1]) if len(hashes) else 0)
