@@ -125,10 +125,17 @@ def host_config(trace: Trace, opts: RayRunOptions, http_port: int = 0) -> HostCo
     )
 
 
-def _killer(host: Any, after_s: float, stop: threading.Event, out: dict[str, Any]) -> None:
-    """Fault injection: kill the busiest engine of the first pool with two replicas or more."""
+def _killer(host: Any, after_s: float, stop: threading.Event, out: dict[str, Any], wait_call_s: float = 30.0) -> None:
+    """Fault injection: kill an engine of the first pool with two replicas or more.
+
+    From ``after_s`` on, it waits (up to ``wait_call_s``) until a call routed to that replica
+    is in flight, so the kill cuts a call (before its first token or mid-stream) rather than
+    landing between calls; ``out["cut_call"]`` says whether one was in flight.
+    """
     if stop.wait(after_s):
         return
+    import ray  # the host is up, so Ray is importable
+
     engines = host.engines()
     pools: dict[str, list[int]] = {}
     for rid, e in engines.items():
@@ -138,8 +145,17 @@ def _killer(host: Any, after_s: float, stop: threading.Event, out: dict[str, Any
         ids = pools.get(p.name, [])
         if len(ids) >= 2:
             victim = sorted(ids)[0]
+            cut = False
+            deadline = time.monotonic() + wait_call_s
+            while not stop.is_set() and time.monotonic() < deadline:
+                if ray.get(host.state.calls_in_flight_on.remote(victim)) > 0:
+                    cut = True
+                    break
+                time.sleep(0.005)
+            if stop.is_set():
+                return
             host.kill_engine(victim)
-            out.update(replica=victim, pool=p.name, at_s=after_s)
+            out.update(replica=victim, pool=p.name, at_s=after_s, cut_call=cut)
             log.warning("fault injection: killed the engine of replica %d (pool %s)", victim, p.name)
             return
 

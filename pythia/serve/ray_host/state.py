@@ -69,6 +69,7 @@ class WorkflowState:
         self.job_last: dict[str, float] = {}
         self.job_done: set[str] = set()
         self.replica_of: dict[str, int] = {}
+        self.routed_to: dict[str, int] = {}  # in-flight calls by request id -> the replica chosen
         self.calls_per_replica: Counter[int] = Counter()
         self.counters: Counter[str] = Counter()
         self.replicas_started: dict[int, tuple[str, float]] = {}
@@ -103,6 +104,7 @@ class WorkflowState:
         """A call ended at the ingress (``ok``: its whole answer reached the client)."""
         now = self.now()
         view = self.in_flight.pop(request_id, None)
+        self.routed_to.pop(request_id, None)
         if view is None:
             return
         view.num_output_tokens = int(output_tokens)
@@ -184,6 +186,7 @@ class WorkflowState:
         idx = live or list(range(len(candidates)))
         if len(idx) == 1:
             self.counters["routed_single"] += 1
+            self.routed_to[str(rec["request_id"])] = int(candidates[idx[0]]["replica_id"])
             return idx[0]
         view = self.in_flight.get(str(rec["request_id"])) or CallView(rec, arrival_s=now)
         cached = {}
@@ -198,7 +201,13 @@ class WorkflowState:
         self.counters["routed"] += 1
         if not 0 <= j < len(replicas):
             raise RuntimeError(f"router {self.policies.router.name} returned replica index {j} of {len(replicas)}")
+        self.routed_to[str(rec["request_id"])] = int(candidates[idx[j]]["replica_id"])
         return idx[j]
+
+    def calls_in_flight_on(self, replica_id: int) -> int:
+        """Calls routed to ``replica_id`` (last routing of each) that have not ended."""
+        rid = int(replica_id)
+        return sum(1 for k, r in self.routed_to.items() if r == rid and k in self.in_flight)
 
     def target(self, pool: str, running_replicas: Sequence[int], starting: int) -> int:
         """The autoscaler's target replica count of ``pool``, clamped to its bounds."""
