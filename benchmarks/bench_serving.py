@@ -359,6 +359,7 @@ def render_md(res: dict[str, Any]) -> str:
         row("router's prefix decisions", lambda m: (
             ", ".join(f"{v} {k}" for k, v in sorted((m.get("router_prefix_decisions") or {}).items())) or "")),
         row("mean time to first token", lambda m: _f(m["mean_ttft_s"], "{:.3f} s")),
+        row("client loop lag, max", lambda m: _f(m.get("client_loop_lag_max_ms"), "{:.0f} ms")),
         row("replicas healthy after / run start to teardown", lambda m: (
             f"{_f(m['engine_healthy_after_s'], '{:.0f} s')} / {_f(m['run_wall_s'], '{:.0f} s')}")),
         "",
@@ -370,7 +371,9 @@ def render_md(res: dict[str, Any]) -> str:
         "Hit rates are token shares: the engines' `vllm:prefix_cache_hits` over `vllm:prefix_cache_queries`, summed "
         "over the replicas for the replay (warm-up excluded). Calls per replica come from the calls table on the Ray "
         "host (the replica the workflow-state actor recorded for each call) and from each worker's "
-        "`vllm:request_success_total` behind the Rust router.",
+        "`vllm:request_success_total` behind the Rust router. The client loop lag is how late the replay client's "
+        "event loop woke at worst: every client timestamp is late by up to that much, a sign of the CPU contention "
+        "below.",
         "",
         "**Reading the JCT ratios across hosts.** The Ray host adds its own path to every call, which the Rust router "
         "does not: measured with a fake engine (`benchmarks/bench_ray_overhead.py`, `docs/ray-serve.md`) about 24 ms "
