@@ -28,7 +28,7 @@ calls registered and the N replicas' stats carrying them, timed over repeated ``
 (the actor's whole method: views, prefix lookups and the policy).
 
 Writes ``serving.json`` and ``serving.md`` in ``--out`` (default ``results/bench/``). About
-6 minutes on 2 cores with the defaults. ``--work DIR`` keeps the run folders and resumes
+2.5 minutes on 2 cores with the defaults. ``--work DIR`` keeps the run folders and resumes
 (finished runs are not repeated). ``--report-only`` re-renders ``serving.md`` from
 ``serving.json``.
 
@@ -171,7 +171,6 @@ def measure_run(key: str, out: Path) -> dict[str, Any]:
     hits, queries = counter_deltas(ts, "prefix_cache_hits"), counter_deltas(ts, "prefix_cache_queries")
     q = sum(queries.values())
     cached = done["cached_tokens"].dropna()
-    replicas = int(s.get("workers") or 0) or None
     if key == "vllm_router":
         per_replica = {k: v for k, v in (s.get("calls_per_worker") or {}).items()}
         source = "each worker's vllm:request_success_total over the replay"
