@@ -91,16 +91,12 @@ def test_balance_and_counter_deltas() -> None:
     assert bench.counter_deltas(ts, "prefix_cache_hits") == {"0": 50.0, "1": 40.0}
 
 
-def test_every_run_and_the_twin_share_one_cluster() -> None:
+def test_every_run_and_the_twin_share_one_cluster(tmp_path: Path) -> None:
     from pythia.sim.config import load_cluster
 
-    text = bench.cluster_yaml(3, 128)
-    path = Path(__file__).parent / "_bench_serving_cluster.yaml"
-    try:
-        path.write_text(text)
-        cl = load_cluster(str(path))
-    finally:
-        path.unlink(missing_ok=True)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(bench.cluster_yaml(3, 128))
+    cl = load_cluster(str(path))
     (pool,) = cl.pools
     assert pool.replicas == pool.min_replicas == pool.max_replicas == 3
     assert cl.pool_for("Qwen/Qwen2.5-7B-Instruct").name == pool.name  # the workload's model maps to the pool
