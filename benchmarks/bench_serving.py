@@ -433,10 +433,8 @@ def render_md(res: dict[str, Any]) -> str:
             f"{c['router']} with {c.get('cached_hashes_per_replica', '?')} hashes: mean {c['route_us_mean'] / 1e3:.2f} ms "
             f"({'met' if c['route_us_mean'] <= 1000 else 'not met'})" for c in cost.values())
         lines += ["", f"Target: at most 1 ms per decision at {INFLIGHT} calls in flight. {verdict}. The time outside the "
-                      "policy grows with the published hashes and with the running calls the stats carry: profiled at "
-                      "4,096 hashes, about 60% of a decision is `StatsKV.__init__` "
-                      "(`pythia/serve/ray_host/views.py`) building a set of each candidate's hashes, which "
-                      "`WorkflowState.route` has already built once for its prefix lookup. This is the decision inside the actor; the Ray "
+                      "policy grows with the running calls the stats carry; a replica's published hashes are made into a set "
+                      "once per report, not per decision (`WorkflowState._hash_set`). This is the decision inside the actor; the Ray "
                       "actor call around it (one round trip per decision) is part of the host's per-call overhead "
                       "measured by `benchmarks/bench_ray_overhead.py`."]
     lines += ["", "## Not measured", "",
@@ -453,6 +451,15 @@ def render_md(res: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- main
 
 
+def measure_routing(res: dict[str, Any], a: argparse.Namespace) -> None:
+    """The routing decision's cost at 200 calls in flight, with this run's pool and with the most hashes published."""
+    res["routing_cost"] = {}
+    for blocks in (a.num_blocks, 4096):
+        for router in ("round_robin", "pythia"):
+            res["routing_cost"][f"{router}@{blocks}"] = routing_cost(router, a.replicas, blocks,
+                                                                     repeats=100 if a.quick else 400)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench", help="folder of serving.json/.md")
@@ -465,10 +472,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="3 jobs, 2 in flight, fewer routing-cost repeats")
     ap.add_argument("--work", type=Path, help="keep the run folders here and resume (default: a temporary folder)")
     ap.add_argument("--report-only", action="store_true", help="re-render serving.md from serving.json")
+    ap.add_argument("--routing-only", action="store_true",
+                    help="measure the routing cost again into serving.json (the runs are kept), then re-render")
     a = ap.parse_args()
     dest = a.out / "serving.json"
-    if a.report_only:
+    if a.report_only or a.routing_only:
         res = json.loads(dest.read_text())
+        if a.routing_only:
+            measure_routing(res, a)
+            dest.write_text(json.dumps(res, indent=1, default=str) + "\n")
         (a.out / "serving.md").write_text(render_md(res))
         return
     if a.quick:
@@ -508,10 +520,7 @@ def main() -> None:
             res["sim"][key] = sim_twin(router, a, cluster, work / key) | {"twin_of": twin_of}
         except Exception as e:  # noqa: BLE001 - recorded, the rest still runs
             res["not_done"].append(f"simulated twin with router {router}: {type(e).__name__}: {e}")
-    for blocks in (a.num_blocks, 4096):
-        for router in ("round_robin", "pythia"):
-            res["routing_cost"][f"{router}@{blocks}"] = routing_cost(router, a.replicas, blocks,
-                                                                     repeats=100 if a.quick else 400)
+    measure_routing(res, a)
     ratios(res)
     for key, label in RUNS:
         if "error" in res["real"].get(key, {}):

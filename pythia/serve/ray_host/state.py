@@ -70,6 +70,7 @@ class WorkflowState:
         self.job_done: set[str] = set()
         self.replica_of: dict[str, int] = {}
         self.routed_to: dict[str, int] = {}  # in-flight calls by request id -> the replica chosen
+        self._hash_sets: dict[int, tuple[Any, frozenset[int]]] = {}  # replica id -> (report key, its hashes)
         self.calls_per_replica: Counter[int] = Counter()
         self.counters: Counter[str] = Counter()
         self.replicas_started: dict[int, tuple[str, float]] = {}
@@ -189,12 +190,12 @@ class WorkflowState:
             self.routed_to[str(rec["request_id"])] = int(candidates[idx[0]]["replica_id"])
             return idx[0]
         view = self.in_flight.get(str(rec["request_id"])) or CallView(rec, arrival_s=now)
-        cached = {}
+        cached, sets = {}, {}
         for i in idx:
-            c = candidates[i]
-            cached[i] = cached_prefix(frozenset(c.get("cached_hashes") or ()), view.block_hashes)
+            sets[i] = self._hash_set(candidates[i])
+            cached[i] = cached_prefix(sets[i], view.block_hashes)
         replicas = [StatsReplica(candidates[i], (routed or {}).get(int(candidates[i]["replica_id"]), ()),
-                                 prefix_for=(view.block_hashes, cached[i])) for i in idx]
+                                 prefix_for=(view.block_hashes, cached[i]), cached_set=sets[i]) for i in idx]
         t = time.perf_counter()
         j = self.policies.router.route(view, replicas, now)
         self.counters["route_ns"] += int((time.perf_counter() - t) * 1e9)
@@ -203,6 +204,16 @@ class WorkflowState:
             raise RuntimeError(f"router {self.policies.router.name} returned replica index {j} of {len(replicas)}")
         self.routed_to[str(rec["request_id"])] = int(candidates[idx[j]]["replica_id"])
         return idx[j]
+
+    def _hash_set(self, stats: Mapping[str, Any]) -> frozenset[int]:
+        """The replica's published prefix hashes as a set, built once per report (not per decision)."""
+        h = stats.get("cached_hashes") or ()
+        key = (stats.get("t"), len(h), h[0] if h else None, h[-1] if h else None)
+        rid = int(stats["replica_id"])
+        got = self._hash_sets.get(rid)
+        if got is None or got[0] != key:
+            got = self._hash_sets[rid] = (key, frozenset(int(x) for x in h))
+        return got[1]
 
     def calls_in_flight_on(self, replica_id: int) -> int:
         """Calls routed to ``replica_id`` (last routing of each) that have not ended."""

@@ -179,12 +179,16 @@ class StatsKV:
 
     __slots__ = ("block_size", "total_blocks", "_used", "_cached", "_prefix_for")
 
-    def __init__(self, stats: Mapping[str, Any], prefix_for: tuple[np.ndarray, int] | None = None) -> None:
+    def __init__(self, stats: Mapping[str, Any], prefix_for: tuple[np.ndarray, int] | None = None,
+                 cached_set: frozenset[int] | None = None) -> None:
         self.block_size = int(stats["block_size"])
         self.total_blocks = int(stats["total_blocks"])
         self._used = min(self.total_blocks, int(round(float(stats["kv_usage"]) * self.total_blocks)))
-        cached = stats.get("cached_hashes")
-        self._cached = frozenset(int(h) for h in cached) if cached is not None else frozenset()
+        if cached_set is not None:  # the caller's set of the same stats (built once per report)
+            self._cached = cached_set
+        else:
+            cached = stats.get("cached_hashes")
+            self._cached = frozenset(int(h) for h in cached) if cached is not None else frozenset()
         # (hashes, count): the router's precomputed answer for the routed call's chain.
         self._prefix_for = prefix_for
 
@@ -232,12 +236,12 @@ class StatsReplica:
     __slots__ = ("replica_id", "pool", "state", "_stats", "_kv", "_running", "_routed")
 
     def __init__(self, stats: Mapping[str, Any], routed: Sequence[Mapping[str, Any]] = (),
-                 prefix_for: tuple[np.ndarray, int] | None = None) -> None:
+                 prefix_for: tuple[np.ndarray, int] | None = None, cached_set: frozenset[int] | None = None) -> None:
         self.replica_id = int(stats["replica_id"])
         self.pool = str(stats["pool"])
         self.state = "up" if stats["state"] == "up" else str(stats["state"])
         self._stats = stats
-        self._kv = StatsKV(stats, prefix_for)
+        self._kv = StatsKV(stats, prefix_for, cached_set)
         self._running = [CallView(r, float(r.get("arrival_s", 0.0)), int(r.get("output_tokens", 0)))
                          for r in stats.get("running", ())]
         self._routed = [CallView(r) for r in routed]
