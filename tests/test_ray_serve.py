@@ -130,6 +130,19 @@ def test_state_hosts_pythia_router_and_autoscalers() -> None:
     assert _state("round_robin", "none").target("large", [], 0) == 1
 
 
+def test_a_router_named_after_a_system_comes_with_that_systems_parameters() -> None:
+    from pythia.policy.systems import load_system
+    from pythia.serve.ray_host.state import build_policies
+
+    sys_, pol = build_policies("vllm", router="pythia")
+    assert sys_.policies["router"] == load_system("pythia").policies["router"]
+    assert pol.router.tie_band == 1.0 and pol.router.cold_sticky is True  # baselines/pythia.yaml, not the defaults
+    sys_, pol = build_policies("vllm", router="sglang")
+    assert sys_.policies["router"] == load_system("sglang").policies["router"]
+    sys_, _ = build_policies("vllm", router="prefix_aware")  # a policy only: its defaults
+    assert sys_.policies["router"] == ("prefix_aware", {})
+
+
 def test_bad_settings_name_the_field() -> None:
     with pytest.raises(PythiaInputError, match=r"cpu-pools.yaml: field pools.small.replicas=0"):
         PoolSpec("small", "m", replicas=0, min_replicas=0, where="cpu-pools.yaml")

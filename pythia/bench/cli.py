@@ -257,8 +257,10 @@ def register(subparsers: Any) -> None:
                     "with --system vllm it schedules as stock vLLM); what `pythia calibrate` fits")
     ray_opts = rn.add_argument_group("Ray Serve host (--backend ray-vllm-cpu|ray-vllm)")
     ray_opts.add_argument("--cluster", help="cluster preset or YAML file of the pools (default cpu-pools on ray-vllm-cpu)")
-    ray_opts.add_argument("--router", help="router policy by registry name, in place of the system's")
-    ray_opts.add_argument("--autoscaler", help="autoscaler by registry name (pythia, reactive, none), in place of the system's")
+    ray_opts.add_argument("--router", help="in place of the system's router: a system's (its parameters: pythia, "
+                          "sglang, ...) or a registry policy's with its defaults (round_robin, prefix_aware, ...)")
+    ray_opts.add_argument("--autoscaler", help="in place of the system's autoscaler: a system's (its parameters) or a "
+                          "registry policy's with its defaults (pythia, reactive, none)")
     ray_opts.add_argument("--pool-model", action="append", default=[], metavar="POOL=DIR",
                           help="the model folder of one pool (repeatable; others serve --model)")
     ray_opts.add_argument("--kill-replica-after-s", type=positive_float, metavar="S",

@@ -122,10 +122,14 @@ class HostConfig:
         names = [p.name for p in self.pools]
         if len(set(names)) != len(names):
             raise PythiaInputError(f"pool names repeat: {', '.join(names)}")
+        from pythia.policy.systems import known_systems
+
+        systems = known_systems()
         for kind, name in (("router", self.router), ("autoscaler", self.autoscaler)):
-            if name is not None and name not in registry.REGISTRY[kind]:
+            if name is not None and name not in registry.REGISTRY[kind] and name not in systems:
                 raise PythiaInputError(
-                    f"option --{kind}={name!r} is unknown; known: {', '.join(registry.known(kind))}"
+                    f"option --{kind}={name!r} is unknown; known: {', '.join(registry.known(kind))}, "
+                    f"or a system's ({', '.join(systems)})"
                 )
         for key, pool in self.role_pools.items():
             if pool not in names:

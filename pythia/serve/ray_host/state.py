@@ -28,14 +28,25 @@ from pythia.serve.ray_host.views import CallView, StatsPool, StatsReplica, cache
 MAX_TIMESERIES = 200_000
 
 
+def _override(kind: str, name: str) -> tuple[str, dict[str, Any]]:
+    """The policy ``name`` of ``kind`` with its parameters: those of the system ``name`` when
+    there is one (``--router pythia`` is Pythia's router as ``baselines/pythia.yaml`` sets it,
+    ``--router sglang`` SGLang's), else the registry policy with its defaults."""
+    from pythia.policy.systems import known_systems
+
+    if name in known_systems():
+        return load_system(name).policies[kind]
+    return (name, {})
+
+
 def build_policies(system: str | System, router: str | None = None, autoscaler: str | None = None) -> tuple[System, Policies]:
-    """A system's policies, with the router or autoscaler replaced by registry name (default parameters)."""
+    """A system's policies, with the router or autoscaler replaced (see :func:`_override`)."""
     sys_ = load_system(system) if not isinstance(system, System) else system
     pol = dict(sys_.policies)
     if router is not None and router != pol["router"][0]:
-        pol["router"] = (router, {})
+        pol["router"] = _override("router", router)
     if autoscaler is not None and autoscaler != pol["autoscaler"][0]:
-        pol["autoscaler"] = (autoscaler, {})
+        pol["autoscaler"] = _override("autoscaler", autoscaler)
     sys_ = replace(sys_, policies=pol)
     return sys_, sys_.build()
 
