@@ -103,11 +103,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except EngineStartError as e:
         print(f"pythia: error: {e}", file=sys.stderr)
         return 1
-    keys = ("jobs_completed", "calls_completed", "mean_jct_s", "p95_jct_s", "output_tokens_per_s", "prefix_hit_rate", "preemptions")
-    short = {k: summary.get(k) for k in keys}
-    print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in short.items()}))
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0 if summary.get("calls_failed", 0) == 0 else 1
+    return _report(summary, args.out, ("output_tokens_per_s", "preemptions"))
 
 
 def _cmd_ray_run(args: argparse.Namespace) -> int:
@@ -135,12 +131,7 @@ def _cmd_ray_run(args: argparse.Namespace) -> int:
     opts.model = _model_for("vllm-cpu" if args.backend == "ray-vllm-cpu" else args.backend, args.model) \
         if (args.model or args.backend == "ray-vllm-cpu") else next(iter(opts.pool_models.values()))
     summary = ray_real_run(trace, opts)
-    keys = ("jobs_completed", "calls_completed", "mean_jct_s", "p95_jct_s", "prefix_hit_rate", "replicas_used",
-            "replica_restarts", "lost_calls", "calls_per_replica")
-    short = {k: summary.get(k) for k in keys}
-    print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in short.items()}))
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0 if summary.get("calls_failed", 0) == 0 and summary.get("lost_calls", 0) == 0 else 1
+    return _report(summary, args.out, ("replicas_used", "replica_restarts", "lost_calls", "calls_per_replica"))
 
 
 def _cmd_router_run(args: argparse.Namespace) -> int:
@@ -170,11 +161,16 @@ def _cmd_router_run(args: argparse.Namespace) -> int:
     except EngineStartError as e:
         print(f"pythia: error: {e}", file=sys.stderr)
         return 1
-    keys = ("jobs_completed", "calls_completed", "mean_jct_s", "p95_jct_s", "prefix_hit_rate", "workers", "calls_per_worker")
+    return _report(summary, args.out, ("workers", "calls_per_worker"))
+
+
+def _report(summary: dict[str, Any], out: Path, extra: tuple[str, ...]) -> int:
+    """Print a real run's headline figures as one JSON line; status 1 when a call failed or was lost."""
+    keys = ("jobs_completed", "calls_completed", "mean_jct_s", "p95_jct_s", "prefix_hit_rate", *extra)
     short = {k: summary.get(k) for k in keys}
     print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in short.items()}))
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0 if summary.get("calls_failed", 0) == 0 else 1
+    print(f"wrote {out}", file=sys.stderr)
+    return 0 if summary.get("calls_failed", 0) == 0 and summary.get("lost_calls", 0) == 0 else 1
 
 
 def _check_calibrate_outputs(args: argparse.Namespace) -> None:
