@@ -276,7 +276,7 @@ def test_pythia_router_end_to_end_on_vllm_cpu_replicas(model_dir: Path, tmp_path
 
 
 def test_replica_killed_mid_replay_loses_no_call(model_dir: Path, tmp_path: Path) -> None:
-    summary, calls, _ = _run(model_dir, tmp_path, 6, ["--system", "vllm", "--kill-replica-after-s", "2"])
+    summary, calls, _ = _run(model_dir, tmp_path, 6, ["--system", "vllm", "--kill-replica-after-s", "0.5"])
     assert summary["router"] == "round_robin" and summary["fault"]["pool"] == "small"
     assert summary["fault"]["cut_call"]  # the kill landed on a call in flight
     assert summary["replica_failures"] == 1 and summary["replica_restarts"] == 1 and summary["replicas_used"] == 4
