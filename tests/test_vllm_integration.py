@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,10 +31,10 @@ from pythia.serve.tiny_model import make_tiny_model  # noqa: E402
 from pythia.results import CALL_COLUMNS, JOB_COLUMNS  # noqa: E402
 from pythia.workflow.hashing import stable_key  # noqa: E402
 from pythia.workflow.trace import Call, Job, Trace, segments, write_trace  # noqa: E402
+from vllm_support import serving  # noqa: E402
 
 BLOCK = 32  # vLLM's CPU attention block
 SYSTEM = (stable_key("it", "system-prompt"), 0, 4 * BLOCK)  # four blocks every call starts with
-TESTS_DIR = Path(__file__).resolve().parent
 
 
 @dataclasses.dataclass
@@ -90,16 +89,8 @@ def engine(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                        "stats_path": str(work / "plugin-stats.json"), "events_path": str(work / "events.jsonl"),
                        "stats_interval_s": 0.2},
     )
-    # The engine process imports the test hooks from tests/.
-    path = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p)
-    launch = dataclasses.replace(launch, env={**launch.env, "PYTHONPATH": path})
-    server = EngineServer(launch, work / "engine.log", start_timeout_s=240)
-    server.start()
-    try:
-        server.wait_healthy()
+    with serving(launch, work / "engine.log", start_timeout_s=240) as server:  # the engine imports tests/'s hooks
         yield Engine(server, model_dir, work)
-    finally:
-        server.stop()
 
 
 def coding_job(j: int) -> Job:

@@ -10,7 +10,6 @@ Assertions are on counters, never on generated text or timings.
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import os
 import subprocess
@@ -26,12 +25,13 @@ pytest.importorskip("vllm", reason="vLLM is not installed (make test installs vl
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from test_vllm_integration import BLOCK, SYSTEM, TESTS_DIR, Engine, engine, model_dir  # noqa: E402,F401
+from test_vllm_integration import BLOCK, SYSTEM, Engine, engine, model_dir  # noqa: E402,F401
+from vllm_support import serving  # noqa: E402
 
 from pythia.bench.tokens import TokenSpace  # noqa: E402
 from pythia.serve.engines import build_launch  # noqa: E402
 from pythia.serve.metrics import PluginMetrics, count_pinned_hits, install_relay, metrics_route  # noqa: E402
-from pythia.serve.server import EngineServer, free_port, http_get  # noqa: E402
+from pythia.serve.server import free_port, http_get  # noqa: E402
 from pythia.workflow.hashing import stable_key  # noqa: E402
 
 ANN = {"pythia.workflow_type": "coding-assistant", "pythia.workflow_id": "wf-metrics", "pythia.agent_role": "planner"}
@@ -142,15 +142,8 @@ def mpdir_engine(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         plugin_config={"hooks": "vllm_support:pin_planner", "stats_path": str(work / "plugin-stats.json"),
                        "stats_interval_s": 0.2},
     )
-    path = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**launch.env, "PYTHONPATH": path, "PROMETHEUS_MULTIPROC_DIR": str(prom)}
-    server = EngineServer(dataclasses.replace(launch, env=env), work / "engine.log", start_timeout_s=300)
-    server.start()
-    try:
-        server.wait_healthy()
+    with serving(launch, work / "engine.log", env={"PROMETHEUS_MULTIPROC_DIR": str(prom)}) as server:
         yield Engine(server, model_dir, work)
-    finally:
-        server.stop()
 
 
 def test_counters_reach_metrics_through_the_multiprocess_dir(mpdir_engine: Engine) -> None:

@@ -12,7 +12,10 @@ Also the hook objects tests load by name (``vllm_support:...``) through the plug
 from __future__ import annotations
 
 import bisect
+import contextlib
+import dataclasses
 import itertools
+import os
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,22 @@ from pythia.serve.adapter import Hooks
 
 SAMPLED_TOKEN = 100
 _HASH_READY = False
+
+
+@contextlib.contextmanager
+def serving(launch: Any, log: Path, env: dict[str, str] | None = None, start_timeout_s: float = 300) -> Iterator[Any]:
+    """A healthy engine server of ``launch`` whose processes import the test hooks from tests/."""
+    from pythia.serve.server import EngineServer
+
+    path = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")) if p)
+    server = EngineServer(dataclasses.replace(launch, env={**launch.env, "PYTHONPATH": path, **(env or {})}), log,
+                          start_timeout_s=start_timeout_s)
+    server.start()
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
 
 
 def make_scheduler(
