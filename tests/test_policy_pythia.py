@@ -266,7 +266,7 @@ def test_pins_stay_within_budget_and_are_released():
     cache = PythiaCache(pin_budget=0.1, min_free=0.0)
     cache.bind(pred)
     rep = Rep(0, kv=KV(total_blocks=1000, free_blocks=1000, resident=set(h.tolist())))
-    acts = cache.on_finish(Req(1, block_hashes=h[:5]), rep, 0.0)
+    acts = cache.on_finish(Req(1, block_hashes=h[:5], annotations={"prompt": nxt}), rep, 0.0)  # a hinted call
     pinned = sum(len(a.hashes) for a in acts if a.kind == "pin")
     assert 0 < pinned <= 100 and cache.pin_count(0) == pinned
     pred.jobs.pop("j0")  # the job ended: its pins go
@@ -282,7 +282,7 @@ def test_pins_never_starve_admission_and_pressure_releases_them():
     cache = PythiaCache(pin_budget=1.0, min_free=0.5)
     cache.bind(pred)
     kv = KV(total_blocks=1000, free_blocks=400, cached_blocks=200, used_blocks=400, resident=set(h.tolist()))
-    acts = cache.on_finish(Req(1), Rep(0, kv=kv), 0.0)
+    acts = cache.on_finish(Req(1, annotations={"prompt": nxt}), Rep(0, kv=kv), 0.0)
     assert sum(len(a.hashes) for a in acts if a.kind == "pin") <= 100  # 600 - 500 floor
     kv.free_blocks, kv.cached_blocks = 100, 0
     acts = cache.on_tick([Rep(0, kv=kv)], 1.0)

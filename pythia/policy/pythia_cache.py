@@ -18,7 +18,14 @@ under pressure (free + evictable below ``min_free``) unpin the oldest; **prefetc
 blocks of predicted prefixes back to a replica with room; on an idle replica **precompute**
 an uncached predicted prefix of a next call of a role the replica's pool serves.
 
-While the predictor is cold nothing happens: plain LRU.
+While the predictor is cold nothing happens for hinted calls: plain LRU.
+
+Calls without prompt segments (a plain application's: only the IDs) are followed by the
+engine's block names instead (:mod:`pythia.policy.block_memory`): the predicted next calls'
+prefixes are the blocks of their agents' conversations and their roles' learned
+instructions, and the same pin, unpin and demote rules apply. That path acts from the first
+finished call, before the workflow model is warm (cold: every idle agent of the job, with
+the learned probability that its role's calls are continued).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numpy as np
 
 from pythia.errors import PythiaInputError
 from pythia.policy.base import CacheAction, CachePolicy
-from pythia.policy.pythia_predictor import PythiaPredictor, Upcoming, as_pythia, prompt_of
+from pythia.policy.pythia_predictor import PythiaPredictor, Upcoming, as_pythia
 from pythia.policy.views import ReplicaView, RequestView
 from pythia.policy.workflow import Predictor
 from pythia.workflow.blocks import block_hashes, common_prefix, sequence_hashes_many
@@ -52,6 +59,9 @@ class PythiaCache(CachePolicy):
         precompute: compute an uncached predicted prefix on an idle replica.
         precompute_min_prob: only next calls at least this likely are precomputed.
         precompute_min_tokens: shorter uncached remainders are not worth a background prefill.
+        from_blocks: follow calls that carry no prompt segments by the engine's block names
+            (:mod:`pythia.policy.block_memory`): pin an idle agent's conversation and a
+            predicted new instance's role instructions; ``False``: such calls get plain LRU.
     """
 
     name = "pythia"
@@ -59,7 +69,8 @@ class PythiaCache(CachePolicy):
     def __init__(self, pin_budget: float = 0.25, min_free: float = 0.15, pin_min_prob: float = 0.5,
                  pin_ttl_s: float = 300.0, demote: bool = True, demote_max_prob: float = 0.05,
                  offload: bool = True, prefetch: bool = True, precompute: bool = True,
-                 precompute_min_prob: float = 0.5, precompute_min_tokens: int = 256) -> None:
+                 precompute_min_prob: float = 0.5, precompute_min_tokens: int = 256,
+                 from_blocks: bool = True) -> None:
         for field, v, lo, hi in (("pin_budget", pin_budget, 0.0, 1.0), ("min_free", min_free, 0.0, 1.0),
                                  ("pin_min_prob", pin_min_prob, 0.0, 1.0), ("demote_max_prob", demote_max_prob, 0.0, 1.0),
                                  ("precompute_min_prob", precompute_min_prob, 0.0, 1.0)):
@@ -73,6 +84,9 @@ class PythiaCache(CachePolicy):
         self.pin_ttl_s, self.demote, self.demote_max_prob = float(pin_ttl_s), bool(demote), float(demote_max_prob)
         self.offload, self.prefetch, self.precompute = bool(offload), bool(prefetch), bool(precompute)
         self.precompute_min_prob, self.precompute_min_tokens = float(precompute_min_prob), precompute_min_tokens
+        if not isinstance(from_blocks, bool):
+            raise PythiaInputError(f"cache param from_blocks={from_blocks!r} must be true or false")
+        self.from_blocks = from_blocks
         self.pred: PythiaPredictor = as_pythia(None)
         # replica id -> {(job id): (pin time, hashes)}; a hash pinned by two jobs is pinned twice
         self.pins: dict[int, dict[str, tuple[float, list[int]]]] = {}
@@ -125,12 +139,19 @@ class PythiaCache(CachePolicy):
     def on_finish(self, req: RequestView, replica: ReplicaView, now: float) -> list[CacheAction]:
         pred = self.pred
         pred.note_pool(req.workflow_type, req.agent_role, replica.pool)
-        if not pred.warm(req.workflow_type):
-            return []
         kv, rid = replica.kv, replica.replica_id
         bs = kv.block_size
+        hinted = pred.prompt(req) is not None
+        if not hinted and self.from_blocks and req.workflow_type and pred.job(req.job_id) is not None:
+            # No prompt segments: follow the job by the engine's block names (a live job only,
+            # so that an ended job's conversations are never kept).
+            pred.block_memory.observe(req, bs)
+            prefixes = pred.upcoming_blocks(req.job_id, req.workflow_type)
+        elif not hinted or not pred.warm(req.workflow_type):
+            return []
+        else:
+            prefixes = self._prefixes(req.job_id, bs)
         out: list[CacheAction] = []
-        prefixes = self._prefixes(req.job_id, bs)
         # Pin: leading resident blocks of likely next prompts, within budget and free share.
         # Only the difference with the job's current pins is applied (most blocks stay).
         want: dict[int, None] = {}
@@ -169,7 +190,7 @@ class PythiaCache(CachePolicy):
         # whose common part with the call's chain goes past i.
         if self.demote:
             full = req.block_hashes
-            start = self._shared_blocks(req, bs)
+            start = self._shared_blocks(req, bs) if hinted else self._shared_by_names(req)
             hs = full[start:]
             reuse = np.zeros(len(hs))
             for u, h in prefixes:
@@ -183,7 +204,7 @@ class PythiaCache(CachePolicy):
 
     def _shared_blocks(self, req: RequestView, block_size: int) -> int:
         """Leading blocks of the call's prompt made of instructions shared across jobs."""
-        segs = prompt_of(req)
+        segs = self.pred.prompt(req)
         if segs is None:
             return len(req.block_hashes)  # unknown content: never release early
         shared = self.pred.shared_keys
@@ -193,6 +214,13 @@ class PythiaCache(CachePolicy):
                 break
             tokens += n
         return tokens // block_size
+
+    def _shared_by_names(self, req: RequestView) -> int:
+        """Leading blocks of the call that are its role's learned instructions (all when unknown)."""
+        mem = self.pred.block_memory
+        if not len(mem.instructions(req.workflow_type, req.agent_role)):
+            return len(req.block_hashes)  # instructions not learned yet: never release early
+        return mem.shared_blocks(req.workflow_type, req.agent_role, req.block_hashes)
 
     def on_tick(self, replicas: Sequence[ReplicaView], now: float) -> list[CacheAction]:
         pred = self.pred

