@@ -78,6 +78,8 @@ class BenchConfig:
         jobs / concurrency: the app's jobs and most jobs in flight (closed loop).
         workers / tool_calls: the app's workers per job and tool calls per worker.
         max_tokens: the app's most output tokens per call.
+        result_lines: most lines of one of the app's tool results.
+        context_lines: lines of source each of the app's workers is given (its own context).
         seed: seeds the app's jobs and the flood.
         num_blocks: KV blocks of each engine's pool (``--num-gpu-blocks-override``).
         max_model_len: context cap; at most the pool's tokens.
@@ -93,6 +95,8 @@ class BenchConfig:
     workers: int = 3
     tool_calls: int = 2
     max_tokens: int = 32
+    result_lines: int = 5
+    context_lines: int = 0
     seed: int = 0
     num_blocks: int = 96
     max_model_len: int = 2048
@@ -103,6 +107,10 @@ class BenchConfig:
     start_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
+        if self.result_lines < 2:
+            raise ValueError(f"option --result-lines={self.result_lines} must be at least 2")
+        if self.context_lines < 0:
+            raise ValueError(f"option --context-lines={self.context_lines} must be at least 0")
         for name in ("jobs", "concurrency", "workers", "max_tokens", "num_blocks", "max_model_len", "flood_tokens",
                      "flood_max_tokens"):
             if getattr(self, name) < 1:
@@ -138,7 +146,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
     ap.add_argument("--report-only", action="store_true", help="re-render real_client.md from real_client.json")
     for f, typ, what in (("jobs", int, "jobs of the app"), ("concurrency", int, "jobs in flight"),
                          ("workers", int, "workers per job"), ("tool_calls", int, "tool calls per worker"),
-                         ("max_tokens", int, "app output tokens per call"), ("seed", int, "seed of the app and the flood"),
+                         ("max_tokens", int, "app output tokens per call"),
+                         ("result_lines", int, "most lines of one tool result"),
+                         ("context_lines", int, "lines of source each worker is given"),
+                         ("seed", int, "seed of the app and the flood"),
                          ("num_blocks", int, f"KV blocks per engine ({BLOCK_SIZE} tokens each)"),
                          ("max_model_len", int, "context cap"), ("flood_rate", float, "flood prompts per second"),
                          ("flood_tokens", int, "prompt tokens per flood request"),
@@ -148,7 +159,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, argparse.Nam
     ap.add_argument("--stock", choices=STOCK_MODES, default=d.stock,
                     help="the stock run: the plugin hosting system:vllm, or no plugin (default plugin)")
     a = ap.parse_args(argv)
-    given = {f: getattr(a, f) for f in ("jobs", "concurrency", "workers", "tool_calls", "max_tokens", "seed", "num_blocks",
+    given = {f: getattr(a, f) for f in ("jobs", "concurrency", "workers", "tool_calls", "max_tokens", "result_lines", "context_lines", "seed", "num_blocks",
                                          "max_model_len", "flood_rate", "flood_tokens", "flood_max_tokens")
              if getattr(a, f) is not None}
     base = {**QUICK, **given} if a.quick else given
@@ -245,6 +256,7 @@ async def drive(app_mod: ModuleType, base_url: str, model: str, cfg: BenchConfig
     """The app's jobs and the flood, concurrently, against one server; (app report, flood summary)."""
     app_cfg = app_mod.AppConfig(base_url + "/v1", model, jobs=cfg.jobs, concurrency=cfg.concurrency, seed=cfg.seed,
                                 workers=cfg.workers, tool_calls=cfg.tool_calls, max_tokens=cfg.max_tokens,
+                                result_lines=cfg.result_lines, context_lines=cfg.context_lines,
                                 annotation="body", timeout_s=300.0)
     stop = asyncio.Event()
     flood_task = asyncio.create_task(flood(base_url, model, cfg, vocab, stop))
@@ -380,7 +392,7 @@ def render_md(res: dict[str, Any]) -> str:
         f"Regime: KV pool {c['num_blocks']} blocks x {c['block_size']} tokens = {pool} tokens per engine "
         f"(`--num-gpu-blocks-override`), max model length {c['max_model_len']}; app {c['jobs']} jobs, "
         f"{c['concurrency']} in flight, {c['workers']} workers x {c['tool_calls']} tool calls (0.5-3 s each), "
-        f"{c['max_tokens']} output tokens per call, annotation only (three IDs and agent_id); flood "
+        f"{c['max_tokens']} output tokens per call, tool results of 2-{c.get('result_lines', 5)} lines, {c.get('context_lines', 0)} lines of source given to each worker, annotation only (three IDs and agent_id); flood "
         f"{c['flood_rate']:g} requests/s x {c['flood_tokens']} random tokens "
         f"({c['flood_rate'] * c['flood_tokens']:.0f} tokens/s, {c['flood_rate'] * c['flood_tokens'] / pool:.2f} pools/s), "
         f"{c['flood_max_tokens']} output tokens each; seed {c['seed']}.",

@@ -86,6 +86,9 @@ class AppConfig:
         annotation: ``body`` (``vllm_xargs``), ``headers`` (``X-Pythia-*``) or ``none``.
         workflow_type: the annotation's workflow type.
         tool_min_s / tool_max_s: range of a tool call's duration.
+        result_lines: most lines of one tool result (at least 2; each names a file and line).
+        context_lines: lines of the source file each worker is given with its part (0: none),
+            the context an agent keeps in its own conversation.
         timeout_s: most seconds one call may take.
         api_key: sent as the bearer token (most local servers ignore it).
     """
@@ -103,6 +106,8 @@ class AppConfig:
     workflow_type: str = "plan-work-review"
     tool_min_s: float = 0.5
     tool_max_s: float = 3.0
+    result_lines: int = 5
+    context_lines: int = 0
     timeout_s: float = 120.0
     api_key: str = field(default="none", repr=False)
 
@@ -112,6 +117,10 @@ class AppConfig:
         for name in ("jobs", "concurrency", "workers", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"option --{name.replace('_', '-')}={getattr(self, name)} must be at least 1")
+        if self.result_lines < 2:
+            raise ValueError(f"option --result-lines={self.result_lines} must be at least 2")
+        if self.context_lines < 0:
+            raise ValueError(f"option --context-lines={self.context_lines} must be at least 0")
         if self.tool_calls < 0:
             raise ValueError(f"option --tool-calls={self.tool_calls} must be at least 0")
         if not 0 <= self.tool_min_s <= self.tool_max_s:
@@ -132,6 +141,24 @@ class JobPlan:
     parts: tuple[str, ...]
     tool_s: tuple[tuple[float, ...], ...]  # per worker, per tool call
     tool_results: tuple[tuple[str, ...], ...]
+    files: tuple[str, ...] = ()  # per worker, the source it is given (empty: none)
+
+
+_STATEMENTS = ("if {a} is None:", "return {a}.{b}({c})", "{a} = {b}[{n}]", "for {a} in {b}:", "raise ValueError({c!r})",
+               "{a}.append({b})", "def {a}_{b}(self, {c}):", "with open({c!r}) as {a}:", "{a} += {n}", "yield {a}, {b}")
+_NAMES = ("row", "rows", "path", "cfg", "item", "buf", "key", "value", "conn", "result", "entry", "cache")
+
+
+def source_file(rng: np.random.Generator, component: str, lines: int) -> str:
+    """``lines`` numbered lines of a made-up Python module of ``component`` (empty for 0)."""
+    if lines <= 0:
+        return ""
+    out = [f"# src/{component}/module_{int(rng.integers(100))}.py"]
+    for n in range(1, lines + 1):
+        a, b, c = (_NAMES[int(i)] for i in rng.integers(len(_NAMES), size=3))
+        stmt = _STATEMENTS[int(rng.integers(len(_STATEMENTS)))].format(a=a, b=b, c=c, n=int(rng.integers(64)))
+        out.append(f"{n:4d}  {'    ' * int(rng.integers(3))}{stmt}")
+    return "\n".join(out)
 
 
 def plan_job(cfg: AppConfig, index: int) -> JobPlan:
@@ -144,10 +171,13 @@ def plan_job(cfg: AppConfig, index: int) -> JobPlan:
                    for _ in range(cfg.workers))
     results = tuple(
         tuple("\n".join(f"src/{COMPONENTS[int(rng.integers(len(COMPONENTS)))]}/module_{int(rng.integers(100))}.py:"
-                        f"{int(rng.integers(1, 400))}" for _ in range(int(rng.integers(2, 6))))
+                        f"{int(rng.integers(1, 400))}" for _ in range(int(rng.integers(2, cfg.result_lines + 1))))
               for _ in range(cfg.tool_calls))
         for _ in range(cfg.workers))
-    return JobPlan(index, f"job-{cfg.seed}-{index}", task, parts, tool_s, results)
+    # The files come from a generator of their own, so the rest of a job is the same with or without them.
+    frng = np.random.default_rng([cfg.seed, index, 1])
+    files = tuple(source_file(frng, COMPONENTS[comps[i % len(comps)]], cfg.context_lines) for i in range(cfg.workers))
+    return JobPlan(index, f"job-{cfg.seed}-{index}", task, parts, tool_s, results, files)
 
 
 @dataclass
@@ -225,9 +255,10 @@ class App:
     async def worker(self, plan: JobPlan, i: int, task: str, plan_text: str) -> str:
         """A worker's conversation: think, call the tool, wait for it, go on; then answer."""
         agent_id = f"worker/{i}"
+        given = f"\n\nThe file to change:\n{plan.files[i]}" if plan.files and plan.files[i] else ""
         messages = [{"role": "system", "content": WORKER},
                     {"role": "user", "content": f"Task: {task}\n\nPlan:\n{plan_text}\n\n"
-                                                f"Your part ({i + 1} of {len(plan.parts)}): {plan.parts[i]}."}]
+                                                f"Your part ({i + 1} of {len(plan.parts)}): {plan.parts[i]}.{given}"}]
         for k in range(self.cfg.tool_calls):
             text = await self.chat(plan, "worker", agent_id, messages, turn=k, after_tool=k > 0)
             await asyncio.sleep(plan.tool_s[i][k])  # the tool runs; the agent is idle meanwhile
@@ -307,6 +338,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, Path | None]:
     ap.add_argument("--workers", type=int, default=3, help="parallel workers per job")
     ap.add_argument("--tool-calls", type=int, default=1, help="tool calls per worker")
     ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--result-lines", type=int, default=5, help="most lines of one tool result (at least 2)")
+    ap.add_argument("--context-lines", type=int, default=0, help="lines of source each worker is given (0: none)")
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--annotation", choices=ANNOTATION_MODES, default="body",
                     help="body: vllm_xargs (with_annotation); headers: X-Pythia-*; none: no annotation")
@@ -317,7 +350,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, Path | None]:
     a = ap.parse_args(argv)
     try:
         cfg = AppConfig(a.base_url, a.model, a.jobs, a.concurrency, a.seed, a.workers, a.tool_calls, a.max_tokens,
-                        a.temperature, a.annotation, a.workflow_type, timeout_s=a.timeout_s, api_key=a.api_key)
+                        a.temperature, a.annotation, a.workflow_type, result_lines=a.result_lines,
+                        context_lines=a.context_lines,
+                        timeout_s=a.timeout_s, api_key=a.api_key)
     except ValueError as e:
         ap.error(str(e))
     return cfg, a.out

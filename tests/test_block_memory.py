@@ -175,3 +175,64 @@ def test_profiler_without_hints_reads_only_the_ids() -> None:
     rc = pred.running["a"].calls[3]
     assert rc.prompt == [] and rc.deps == () and rc.parent is None
     assert pred.prompt(req) is None and pred.describe()["hints"] is False
+
+
+def test_a_tight_pin_budget_goes_to_each_agents_own_blocks_first() -> None:
+    # Two idle workers of one job share the instructions and the task (6 blocks); each has
+    # 4 blocks of its own. A budget of 10 blocks takes both own tails before the shared head.
+    cache, pred = _cache(pin_budget=0.01, min_free=0.0)
+    pred.job_started("a", "t", "a", 0.0)
+    w1 = _blocks((1, 6), (100, 4))
+    w2 = np.concatenate([w1[:6], _blocks((1, 6), (200, 4))[6:]])
+    kv = KV(total_blocks=1000, resident=set(w1.tolist()) | set(w2.tolist()))
+    cache.on_finish(_call("a", "w1", w1, 8, rid=1), Rep(0, kv=kv), 1.0)
+    acts = cache.on_finish(_call("a", "w2", w2, 8, rid=2), Rep(0, kv=kv), 2.0)
+    pinned = set(cache.pins[0]["a"][1])
+    assert len(pinned) == 10
+    assert set(w1[6:].tolist()) <= pinned and set(w2[6:].tolist()) <= pinned
+    assert [a.kind for a in acts if a.kind in ("pin", "unpin")]
+
+
+def test_outputs_re_encoded_by_the_client_are_not_predicted() -> None:
+    # The next prompt carries the previous prompt but not the output's blocks (the client sent
+    # the answer back as text, tokenized anew): after two such continuations only the prompt
+    # part of a conversation is predicted.
+    mem = BlockMemory()
+    prev = None
+    for k in range(3):
+        prompt = _blocks((1, 4), (100, 3 + 2 * k)) if prev is None else np.concatenate([prev[:-1], _blocks((50 + k, 2))])
+        conv = np.concatenate([prompt, _blocks((900 + k, 2))[-1:]])  # one output block of its own
+        mem.observe(_call("a", "w1", conv, len(prompt)), BS)
+        prev = conv
+    assert len(mem.conversation("a", "w1")) == len(prev) - 1
+
+
+def test_pins_on_block_names_are_held_about_as_long_as_the_agents_stay_away() -> None:
+    cache, pred = _cache()
+    mem = pred.block_memory
+    pred.job_started("a", "t", "a", 0.0)
+    t = 0.0
+    blocks = _blocks((1, 4), (100, 2))
+    for k in range(4):  # the worker comes back 2 s after each of its calls
+        mem.call_issued("a", "t", "w", "w1", t)
+        blocks = np.concatenate([blocks, _blocks((200 + k, 2))])
+        t += 1.0
+        cache.on_finish(_call("a", "w1", blocks, len(blocks) - 1), Rep(0, kv=KV(resident=set(blocks.tolist()))), t)
+        t += 2.0
+    assert mem.gap_s("t", "w") == pytest.approx(2.0)
+    assert cache._ttl[(0, "a")] == pytest.approx(4.0)  # twice the 90th percentile gap
+    rep = Rep(0, kv=KV(resident=set(blocks.tolist())))
+    assert not [a for a in cache.on_tick([rep], t + 1.0) if a.kind == "unpin"]  # within the hold time
+    assert [a for a in cache.on_tick([rep], t + 5.0) if a.kind == "unpin"]  # the agent did not come back
+    assert cache.pin_count(0) == 0
+
+
+def test_a_role_never_seen_coming_back_gets_its_types_gaps() -> None:
+    mem = BlockMemory()
+    assert mem.gap_s("t", "planner") is None
+    for k in range(3):
+        mem.observe(_call(f"j{k}", "w1", _blocks((1, 4), (k, 2)), 5), BS, now=10.0 * k)
+        mem.call_issued(f"j{k}", "t", "w", "w1", now=10.0 * k + 3.0)
+    assert mem.gap_s("t", "w") == pytest.approx(3.0)
+    assert mem.gap_s("t", "planner") == pytest.approx(3.0)  # pooled over the type's roles
+    assert mem.gap_s("other", "planner") is None

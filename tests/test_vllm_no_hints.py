@@ -103,3 +103,37 @@ def test_unannotated_and_malformed_calls_teach_nothing(model_dir: Path) -> None:
     stats = sched.stats_dict()
     assert stats["malformed_annotations"] == 1 and stats["unannotated"] == 1 and stats["hook_errors"] == 0
     assert stats["learned"]["observed_calls"] == 0 and stats["pinned_blocks"] == 0
+
+
+def test_actions_the_host_cannot_carry_out_are_named_at_start() -> None:
+    from pythia.serve.adapter import load_hooks
+    from pythia.serve.vllm_scheduler import unsupported_cache_actions
+
+    assert unsupported_cache_actions(load_hooks("system:pythia").cache) == ["offload", "prefetch", "precompute"]
+    assert unsupported_cache_actions(load_hooks("system:vllm").cache) == []
+    assert unsupported_cache_actions(load_hooks("system:pythia-no-cache").cache) == []
+
+
+def test_a_block_two_predictions_share_stays_pinned_until_both_let_go(model_dir: Path) -> None:
+    import numpy as np
+
+    from pythia.policy.base import CacheAction
+    from pythia.serve.adapter import block_hash_id
+
+    sched = _scheduler(model_dir, "vllm")
+    first = make_request("s0", INSTRUCTIONS + tokens(90, 20), 2, _ids("job-1"))
+    sched.add_request(first)
+    drive(sched, max_steps=100)
+    engine = list(first.block_hashes[:4])
+    names = np.asarray([block_hash_id(h) for h in engine], dtype=np.int64)
+    sched._hash_index.add_pairs(zip(names.tolist(), engine))
+    pin = CacheAction("pin", 0, names)
+    sched._apply([pin, pin])  # two jobs' predictions name the same blocks
+    assert sched.pythia_pinner.pinned_blocks == 4
+    sched._hash_index._map.clear()  # the bounded index forgot the names meanwhile
+    sched._apply([CacheAction("unpin", 0, names)])
+    assert sched.pythia_pinner.pinned_blocks == 4  # the other prediction still holds them
+    sched._apply([CacheAction("unpin", 0, names)])
+    assert sched.pythia_pinner.pinned_blocks == 0
+    pool = sched.kv_cache_manager.block_pool
+    assert all(b.ref_cnt == 0 for h in engine for b in pool.get_cached_block(h, [0]))

@@ -13,7 +13,12 @@ equal, so these names alone are enough to learn:
   prompt per job, over the last ``sample_jobs`` jobs: the longest prefix of a sample that
   at least half of the samples (and at least ``min_jobs`` jobs) carry;
 - **the conversation so far**: per ``(job, agent instance)``, the blocks of its last prompt
-  plus its output, which its next call extends after a tool gap;
+  plus its output, which its next call extends after a tool gap (the prompt's alone once
+  the role's next prompts were seen not to carry the output's tokens as generated: an
+  application that sends the answer back as text, which the tokenizer may encode anew);
+- **how long an agent stays away**: per ``(workflow type, role)``, the last 64 gaps between a
+  call's end and the same agent's next call reaching the engine (its tool time plus the
+  client's own), which size how long a pin of its conversation is worth holding;
 - **how often a role's call is continued**: per ``(workflow type, role)``, the share of its
   finished calls whose agent's next prompt extended the conversation (beyond the shared
   instructions), as a smoothed estimate ``(continued + 1) / (decided + 2)``. A call is
@@ -27,7 +32,7 @@ are kept (least recently updated dropped first).
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +49,8 @@ class _RoleFacts:
     shared: np.ndarray = field(default_factory=lambda: _EMPTY)
     continued: int = 0
     decided: int = 0
+    outputs_reused: int = 0  # continuations whose next prompt carried the output's blocks too
+    gaps: deque = field(default_factory=lambda: deque(maxlen=64))  # seconds from a call's end to its agent's next call
 
 
 @dataclass(slots=True)
@@ -51,7 +58,9 @@ class _Conversation:
     workflow_type: str
     role: str
     blocks: np.ndarray
+    prompt_blocks: int
     in_flight: int = 0
+    finished_s: float | None = None
 
 
 class BlockMemory:
@@ -74,17 +83,27 @@ class BlockMemory:
         self.block_size: int | None = None
         self._roles: "OrderedDict[tuple[str, str], _RoleFacts]" = OrderedDict()
         self._conv: dict[str, dict[str, _Conversation]] = {}  # job id -> agent id -> conversation
+        self._type_gaps: "OrderedDict[str, deque]" = OrderedDict()  # every role's gaps, per workflow type
         self.observed_calls = 0
 
     # -- hooks (called by the predictor and the cache policy)
 
-    def call_issued(self, job_id: str, workflow_type: str, role: str, agent_id: str) -> None:
-        """An agent's call entered the engine: its conversation is in use, not idle."""
+    def call_issued(self, job_id: str, workflow_type: str, role: str, agent_id: str, now: float | None = None) -> None:
+        """An agent's call entered the engine: its conversation is in use, not idle (and its gap is learned)."""
         c = self._conv.get(job_id, {}).get(agent_id)
         if c is not None:
+            if c.in_flight <= 0 and c.finished_s is not None and now is not None:
+                gap = max(0.0, now - c.finished_s)
+                self._facts(c.workflow_type, c.role).gaps.append(gap)
+                pooled = self._type_gaps.get(c.workflow_type)
+                if pooled is None:
+                    pooled = self._type_gaps[c.workflow_type] = deque(maxlen=256)
+                    while len(self._type_gaps) > self.max_roles:
+                        self._type_gaps.popitem(last=False)
+                pooled.append(gap)
             c.in_flight += 1
 
-    def observe(self, req: Any, block_size: int) -> None:
+    def observe(self, req: Any, block_size: int, now: float | None = None) -> None:
         """Learn from a finished call: its prompt's blocks and its whole conversation so far."""
         self.block_size = int(block_size)
         names = np.asarray(req.block_hashes, dtype=np.int64)
@@ -105,6 +124,8 @@ class BlockMemory:
             facts.decided += 1
             if beyond > 0 and reused >= self.extend_share * beyond:
                 facts.continued += 1
+                if base + reused > prev.prompt_blocks:
+                    facts.outputs_reused += 1
         facts = self._facts(wt, role)
         if job not in facts.samples and len(prompt):
             facts.samples[job] = prompt
@@ -112,7 +133,7 @@ class BlockMemory:
                 facts.samples.popitem(last=False)
             facts.shared = self._shared(facts)
         in_flight = max(0, prev.in_flight - 1) if prev is not None else 0
-        agents[agent] = _Conversation(wt, role, conv, in_flight)
+        agents[agent] = _Conversation(wt, role, conv, len(prompt), in_flight, now)
 
     def job_ended(self, job_id: str) -> None:
         """Forget the job; its agents' last calls were not continued."""
@@ -124,13 +145,24 @@ class BlockMemory:
     # -- queries
 
     def conversation(self, job_id: str, agent_id: str) -> np.ndarray:
-        """The blocks of the agent's last prompt and output (empty when unknown)."""
+        """The blocks of the agent's last prompt and output (empty when unknown).
+
+        Without the output's blocks when the role's next prompts were seen to carry the
+        output re-encoded differently (an application that sends the output back as text,
+        re-tokenized): at least two continuations, fewer than half reusing output blocks.
+        """
         c = self._conv.get(job_id, {}).get(agent_id)
-        return _EMPTY if c is None else c.blocks
+        return _EMPTY if c is None else self._reusable(c)
 
     def idle_agents(self, job_id: str) -> list[tuple[str, str, np.ndarray]]:
         """``(agent id, role, conversation)`` of the job's agents with no call in the engine."""
-        return [(a, c.role, c.blocks) for a, c in self._conv.get(job_id, {}).items() if c.in_flight <= 0]
+        return [(a, c.role, self._reusable(c)) for a, c in self._conv.get(job_id, {}).items() if c.in_flight <= 0]
+
+    def _reusable(self, c: _Conversation) -> np.ndarray:
+        facts = self._roles.get((c.workflow_type, c.role))
+        if facts is not None and facts.continued >= 2 and 2 * facts.outputs_reused < facts.continued:
+            return c.blocks[: c.prompt_blocks]
+        return c.blocks
 
     def instructions(self, workflow_type: str, role: str) -> np.ndarray:
         """The role's shared leading blocks (empty until ``min_jobs`` jobs share them)."""
@@ -148,6 +180,18 @@ class BlockMemory:
         if facts is None:
             return 0.5
         return (facts.continued + 1.0) / (facts.decided + 2.0)
+
+    def gap_s(self, workflow_type: str, role: str, q: float = 0.9, min_samples: int = 3) -> float | None:
+        """The ``q`` quantile of the role's gaps between a call's end and its agent's next call.
+
+        A role with fewer than ``min_samples`` gaps (one whose agents have not come back yet)
+        gets its workflow type's, pooled over roles; ``None`` when the type has too few too.
+        """
+        facts = self._roles.get((workflow_type, role))
+        gaps = facts.gaps if facts is not None and len(facts.gaps) >= min_samples else self._type_gaps.get(workflow_type)
+        if gaps is None or len(gaps) < min_samples:
+            return None
+        return float(np.quantile(np.fromiter(gaps, dtype=float), q))
 
     def describe(self) -> dict[str, Any]:
         """Counts of what was learned (for metrics and reports)."""

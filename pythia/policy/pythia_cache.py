@@ -91,6 +91,7 @@ class PythiaCache(CachePolicy):
         # replica id -> {(job id): (pin time, hashes)}; a hash pinned by two jobs is pinned twice
         self.pins: dict[int, dict[str, tuple[float, list[int]]]] = {}
         self.pinned_blocks: dict[int, int] = {}
+        self._ttl: dict[tuple[int, str], float] = {}  # (replica, job) -> hold time of pins taken on block names
         self._precomputed: set[tuple[str, int, int]] = set()
         self._hash_memo: dict[tuple[object, ...], np.ndarray] = {}
         self._memo_cap = 4096
@@ -124,7 +125,17 @@ class PythiaCache(CachePolicy):
                 memo.setdefault(k, h)
         return [(u, memo[k]) for k, u in zip(keys, up)]
 
+    def _gap_ttl(self, workflow_type: str, spans: list[tuple[Upcoming, np.ndarray, int, int]]) -> float:
+        """How long pins taken on block names are held: twice the longest 90th-percentile gap of the
+        predicted calls' roles (at least 1 s), at most ``pin_ttl_s``; ``pin_ttl_s`` until 3 gaps were seen."""
+        mem = self.pred.block_memory
+        gaps = [g for u, *_ in spans if (g := mem.gap_s(workflow_type, u.role)) is not None]
+        if len(gaps) < len(spans) or not gaps:
+            return self.pin_ttl_s
+        return min(self.pin_ttl_s, max(1.0, 2.0 * max(gaps)))
+
     def _unpin_job(self, rid: int, job_id: str, out: list[CacheAction]) -> None:
+        self._ttl.pop((rid, job_id), None)
         got = self.pins.get(rid, {}).pop(job_id, None)
         if got is not None and got[1]:
             self.pinned_blocks[rid] -= len(got[1])
@@ -145,7 +156,7 @@ class PythiaCache(CachePolicy):
         if not hinted and self.from_blocks and req.workflow_type and pred.job(req.job_id) is not None:
             # No prompt segments: follow the job by the engine's block names (a live job only,
             # so that an ended job's conversations are never kept).
-            pred.block_memory.observe(req, bs)
+            pred.block_memory.observe(req, bs, now)
             prefixes = pred.upcoming_blocks(req.job_id, req.workflow_type)
         elif not hinted or not pred.warm(req.workflow_type):
             return []
@@ -156,6 +167,7 @@ class PythiaCache(CachePolicy):
         # Only the difference with the job's current pins is applied (most blocks stay).
         want: dict[int, None] = {}
         seen: list[tuple[np.ndarray, int]] = []
+        spans: list[tuple[Upcoming, np.ndarray, int, int]] = []
         for u, h in prefixes:
             if u.probability >= self.pin_min_prob:
                 n = kv.cached_prefix_blocks(h)
@@ -163,8 +175,13 @@ class PythiaCache(CachePolicy):
                 # an earlier prefix (within that prefix's resident part).
                 c = max((min(common_prefix(h, g), m) for g, m in seen), default=0)
                 if n > c:
-                    want.update(dict.fromkeys(h[c:n].tolist()))
+                    spans.append((u, h, c, n))
                 seen.append((h, n))
+        if hinted:
+            for _, h, c, n in spans:
+                want.update(dict.fromkeys(h[c:n].tolist()))
+        else:
+            want = self._own_blocks_first(req.workflow_type, spans, seen)
         old = self.pins.get(rid, {}).pop(req.job_id, (now, []))[1]
         self.pinned_blocks[rid] = self.pin_count(rid) - len(old)
         old_set = set(old)
@@ -179,6 +196,10 @@ class PythiaCache(CachePolicy):
         if take:
             self.pins.setdefault(rid, {})[req.job_id] = (now, take)
             self.pinned_blocks[rid] = self.pin_count(rid) + len(take)
+            if not hinted:
+                self._ttl[(rid, req.job_id)] = self._gap_ttl(req.workflow_type, spans)
+        else:
+            self._ttl.pop((rid, req.job_id), None)
         if add:
             arr = np.asarray(add, dtype=np.int64)
             out.append(CacheAction("pin", rid, arr))
@@ -215,6 +236,29 @@ class PythiaCache(CachePolicy):
             tokens += n
         return tokens // block_size
 
+    def _own_blocks_first(self, workflow_type: str, spans: list[tuple[Upcoming, np.ndarray, int, int]],
+                          seen: list[tuple[np.ndarray, int]]) -> dict[int, None]:
+        """Blocks to pin, each conversation's own blocks before the leading blocks it shares.
+
+        A budget too small for every predicted prefix is best spent where LRU loses blocks:
+        an idle agent's own tail. The leading blocks it shares with the role's instructions
+        or with another predicted call of the job are read by other calls and stay warm
+        without a pin; they come after every own tail.
+        """
+        mem = self.pred.block_memory
+        tails: dict[int, None] = {}
+        heads: dict[int, None] = {}
+        for u, h, c, n in spans:
+            shared = mem.shared_blocks(workflow_type, u.role, h)
+            for g, m in seen:
+                if g is not h:
+                    shared = max(shared, min(common_prefix(h, g), m))
+            own = min(max(c, shared), n)
+            tails.update(dict.fromkeys(h[own:n].tolist()))
+            heads.update(dict.fromkeys(h[c:own].tolist()))
+        tails.update(heads)
+        return tails
+
     def _shared_by_names(self, req: RequestView) -> int:
         """Leading blocks of the call that are its role's learned instructions (all when unknown)."""
         mem = self.pred.block_memory
@@ -238,7 +282,9 @@ class PythiaCache(CachePolicy):
         for rid in list(self.pins):
             jobs = self.pins[rid]
             r = live.get(rid)
-            for job_id in [j for j, (t, _) in jobs.items() if pred.job(j) is None or now - t > self.pin_ttl_s]:
+            ttl = self._ttl
+            for job_id in [j for j, (t, _) in jobs.items()
+                           if pred.job(j) is None or now - t > ttl.get((rid, j), self.pin_ttl_s)]:
                 self._unpin_job(rid, job_id, out)
             if r is not None:
                 kv = r.kv

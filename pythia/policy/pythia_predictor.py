@@ -100,7 +100,7 @@ class PythiaPredictor(Predictor):
         acc = self._prompt_mean.setdefault((req.workflow_type, req.agent_role), [0.0, 0.0])
         acc[0] += req.prompt_tokens
         acc[1] += 1
-        self.block_memory.call_issued(req.job_id, req.workflow_type, req.agent_role, req.agent_id)
+        self.block_memory.call_issued(req.job_id, req.workflow_type, req.agent_role, req.agent_id, now)
         segs = self.prompt(req)
         if segs is not None:
             for key in segs[:4, 0].tolist():  # leading segments: where fixed instructions sit

@@ -106,6 +106,12 @@ class BlockPinner:
         self.budget_blocks = max(0, int(budget_blocks))
         # engine hash -> the blocks pinned for it (one per group), oldest pin first
         self._pinned: OrderedDict[Any, list[Any]] = OrderedDict()
+        # engine hash -> pins held on it (a block two jobs' predictions share is pinned twice and
+        # stays pinned until both let it go); Pythia's name of each pinned hash, so that an unpin
+        # finds its block even after the host's bounded hash index has forgotten the name
+        self._refs: dict[Any, int] = {}
+        self._names: dict[int, Any] = {}
+        self._name_of: dict[Any, int] = {}
         self._pinned_blocks = 0
         self.stats = PinStats()
         self.max_pinned_blocks = 0
@@ -123,17 +129,20 @@ class BlockPinner:
         """The pinned engine hashes, oldest pin first."""
         return list(self._pinned)
 
-    def pin(self, hashes: Iterable[Any]) -> int:
+    def pin(self, hashes: Iterable[Any], names: Sequence[int] | None = None) -> int:
         """Pin the resident blocks of ``hashes`` (engine hashes), in order; returns how many were pinned.
 
-        A hash already pinned is left as it is; one not resident is a miss; a pin that would
-        exceed the budget is refused (and so are the rest, since a prefix is pinned front to back).
+        A hash already pinned gains one more pin (it is released when every pin on it is); one
+        not resident is a miss; a pin that would exceed the budget is refused (and so are the
+        rest, since a prefix is pinned front to back). ``names`` are Pythia's names of the same
+        hashes, remembered while they are pinned (:meth:`engine_hash`).
         """
         done = 0
-        for h in hashes:
+        for i, h in enumerate(hashes):
             self.stats.pins_requested += 1
             if h in self._pinned:
                 self._pinned.move_to_end(h)
+                self._refs[h] += 1
                 continue
             blocks = self.pool.get_cached_block(h, self.group_ids)
             if not blocks:
@@ -144,28 +153,51 @@ class BlockPinner:
                 break
             self.pool.touch(blocks)
             self._pinned[h] = list(blocks)
+            self._refs[h] = 1
+            if names is not None:
+                name = int(names[i])
+                self._names[name] = h
+                self._name_of[h] = name
             self._pinned_blocks += len(blocks)
             self.stats.pins_applied += 1
             done += 1
         self.max_pinned_blocks = max(self.max_pinned_blocks, self._pinned_blocks)
         return done
 
+    def engine_hash(self, name: int) -> Any | None:
+        """The engine hash of a pinned block by Pythia's name (``None`` when no pin holds it)."""
+        return self._names.get(int(name))
+
     def unpin(self, hashes: Iterable[Any]) -> int:
-        """Drop the pins of ``hashes``; returns how many were pinned."""
+        """Drop one pin from each of ``hashes``; returns how many blocks that released."""
         done = 0
         for h in hashes:
-            blocks = self._pinned.pop(h, None)
-            if blocks is None:
+            if h not in self._pinned:
                 continue
-            self.pool.free_blocks(blocks)
-            self._pinned_blocks -= len(blocks)
+            self._refs[h] -= 1
+            if self._refs[h] > 0:
+                continue
+            self._release(h)
             self.stats.unpins += 1
             done += 1
         return done
 
+    def _release(self, h: Any) -> None:
+        blocks = self._pinned.pop(h)
+        del self._refs[h]
+        name = self._name_of.pop(h, None)
+        if name is not None:
+            self._names.pop(name, None)
+        self.pool.free_blocks(blocks)
+        self._pinned_blocks -= len(blocks)
+
     def release_all(self, under_pressure: bool = False) -> int:
-        """Drop every pin (memory pressure, a prefix-cache reset, shutdown)."""
-        n = self.unpin(list(self._pinned))
+        """Drop every pin, however many hold a block (memory pressure, a prefix-cache reset, shutdown)."""
+        n = 0
+        for h in list(self._pinned):
+            self._release(h)
+            self.stats.unpins += 1
+            n += 1
         if under_pressure:
             self.stats.released_under_pressure += n
         return n

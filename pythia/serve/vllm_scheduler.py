@@ -264,6 +264,14 @@ class _PythiaAdapter:
         self.pythia_metrics = PluginMetrics(vc.model_config.served_model_name, vc.parallel_config.data_parallel_rank,
                                             self.pythia_config.stats_interval_s)
         logger.info("Pythia metrics (pythia:*): %s", self.pythia_metrics.describe())
+        unsupported = unsupported_cache_actions(cache)
+        if unsupported:
+            logger.info(
+                "Pythia: the cache policy %r asks for %s, which this vLLM host does not carry out "
+                "(only pin, unpin and demote on vLLM's block pool); those actions are skipped and counted "
+                "as pythia:cache_actions_total{action=\"unsupported\"}",
+                getattr(cache, "name", type(cache).__name__), ", ".join(unsupported),
+            )
         logger.info(
             "Pythia scheduler plugin %s: hooks=%s, pin budget %d blocks of %d, base %s",
             __version__, self.pythia_hooks.source, budget, pool.num_gpu_blocks - 1,
@@ -550,14 +558,19 @@ class _PythiaAdapter:
         if not actions:
             return
         pinner = self.pythia_pinner
+        index = self._hash_index
         for a in actions:
             kind = getattr(a, "kind", None)
-            hashes = [h for h in (self._hash_index.get(int(x)) for x in getattr(a, "hashes", ())) if h is not None]
             if kind == "pin":
-                pinner.pin(hashes)
-            elif kind == "unpin":
-                pinner.unpin(hashes)
-            elif kind == "demote":
+                pairs = [(int(x), h) for x in a.hashes if (h := index.get(int(x))) is not None]
+                pinner.pin([h for _, h in pairs], names=[x for x, _ in pairs])
+                continue
+            if kind == "unpin":
+                # The pin's own record first: the bounded index may have dropped the name since.
+                pinner.unpin([h for x in a.hashes if (h := pinner.engine_hash(int(x)) or index.get(int(x))) is not None])
+                continue
+            hashes = [h for h in (index.get(int(x)) for x in getattr(a, "hashes", ())) if h is not None]
+            if kind == "demote":
                 pinner.demote(hashes)
             else:
                 pinner.stats.unsupported_actions += 1
@@ -614,6 +627,11 @@ class _PythiaAdapter:
         assert self._events is not None
         obj["t"] = time.time()
         self._events.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
+
+
+def unsupported_cache_actions(cache: Any) -> list[str]:
+    """The cache actions the policy has switched on that the vLLM host cannot carry out."""
+    return [kind for kind in ("offload", "prefetch", "precompute") if getattr(cache, kind, False) is True]
 
 
 def _open_events(path: str | None) -> Any:
