@@ -236,3 +236,25 @@ def test_a_role_never_seen_coming_back_gets_its_types_gaps() -> None:
     assert mem.gap_s("t", "w") == pytest.approx(3.0)
     assert mem.gap_s("t", "planner") == pytest.approx(3.0)  # pooled over the type's roles
     assert mem.gap_s("other", "planner") is None
+
+
+def test_a_new_conversation_takes_the_budget_from_overdue_pins_of_another_job() -> None:
+    cache, pred = _cache(pin_budget=0.012, min_free=0.0)  # 12 blocks of 1000
+    mem = pred.block_memory
+    for j in ("old", "new"):
+        pred.job_started(j, "t", j, 0.0)
+    for k in range(3):  # the role's agents come back 1 s after a call
+        mem.observe(_call("g", "w9", _blocks((7, 2), (k, 1)), 2), BS, now=10.0 * k)
+        mem.call_issued("g", "t", "w", "w9", now=10.0 * k + 1.0)
+    old = _blocks((1, 2), (100, 8))
+    new = _blocks((1, 2), (200, 8))
+    kv = KV(total_blocks=1000, resident=set(old.tolist()) | set(new.tolist()))
+    cache.on_finish(_call("old", "w1", old, 10), Rep(0, kv=kv), 100.0)
+    assert cache.pin_count(0) == 10
+    # Soon after, the old job's agent may still come back: the new conversation gets what is left.
+    cache.on_finish(_call("new", "w1", new, 10), Rep(0, kv=kv), 100.5)
+    assert len(cache.pins[0]["old"][1]) == 10 and len(cache.pins[0]["new"][1]) == 2
+    # Past the role's gap the old job is overdue: its pins yield to the conversation just used.
+    acts = cache.on_finish(_call("new", "w1", new, 10), Rep(0, kv=kv), 102.0)
+    assert "old" not in cache.pins[0] and len(cache.pins[0]["new"][1]) == 10
+    assert any(a.kind == "unpin" and set(a.hashes.tolist()) == set(old.tolist()) for a in acts)

@@ -134,6 +134,26 @@ class PythiaCache(CachePolicy):
             return self.pin_ttl_s
         return min(self.pin_ttl_s, max(1.0, 2.0 * max(gaps)))
 
+    def _release_overdue(self, rid: int, job_id: str, need: int, now: float, out: list[CacheAction]) -> int:
+        """Free up to ``need`` pinned blocks on ``rid`` from other jobs whose agents are overdue.
+
+        A job's pins taken on block names are overdue once it has been idle for longer than
+        half their hold time (the 90th-percentile gap of its roles): its agents are less likely
+        to come back than the conversation that was just used. Oldest first; returns the
+        blocks released.
+        """
+        jobs = self.pins.get(rid, {})
+        freed = 0
+        for j in sorted((j for j in jobs if j != job_id and (rid, j) in self._ttl), key=lambda j: jobs[j][0]):
+            if freed >= need:
+                break
+            t, hashes = jobs[j]
+            if now - t <= self._ttl[(rid, j)] / 2:
+                break  # the rest are more recent still
+            freed += len(hashes)
+            self._unpin_job(rid, j, out)
+        return freed
+
     def _unpin_job(self, rid: int, job_id: str, out: list[CacheAction]) -> None:
         self._ttl.pop((rid, job_id), None)
         got = self.pins.get(rid, {}).pop(job_id, None)
@@ -186,6 +206,8 @@ class PythiaCache(CachePolicy):
         self.pinned_blocks[rid] = self.pin_count(rid) - len(old)
         old_set = set(old)
         budget = int(self.pin_budget * kv.total_blocks) - self.pin_count(rid)
+        if not hinted and len(want) > budget:
+            budget += self._release_overdue(rid, req.job_id, len(want) - budget, now, out)
         room = kv.free_blocks + kv.cached_blocks + len(old) - int(self.min_free * kv.total_blocks)
         take = list(want)[: max(0, min(budget, room))]
         take_set = set(take)
