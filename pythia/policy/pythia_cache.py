@@ -42,6 +42,12 @@ from pythia.policy.workflow import Predictor
 from pythia.workflow.blocks import block_hashes, common_prefix, sequence_hashes_many
 
 
+def _available(kv: object) -> int:
+    """Free plus evictable blocks: what admission can take (a host may offer it without a scan)."""
+    avail = getattr(kv, "available_blocks", None)
+    return int(avail) if avail is not None else kv.free_blocks + kv.cached_blocks  # type: ignore[attr-defined]
+
+
 class PythiaCache(CachePolicy):
     """Pin predicted reuse, release predicted non-reuse early, prefetch and precompute.
 
@@ -92,6 +98,8 @@ class PythiaCache(CachePolicy):
         self.pins: dict[int, dict[str, tuple[float, list[int]]]] = {}
         self.pinned_blocks: dict[int, int] = {}
         self._ttl: dict[tuple[int, str], float] = {}  # (replica, job) -> hold time of pins taken on block names
+        self._expiry: dict[int, float] = {}  # replica -> no pin there outlives its hold time before this
+        self._ended_seen = -1
         self._precomputed: set[tuple[str, int, int]] = set()
         self._hash_memo: dict[tuple[object, ...], np.ndarray] = {}
         self._memo_cap = 4096
@@ -208,7 +216,7 @@ class PythiaCache(CachePolicy):
         budget = int(self.pin_budget * kv.total_blocks) - self.pin_count(rid)
         if not hinted and len(want) > budget:
             budget += self._release_overdue(rid, req.job_id, len(want) - budget, now, out)
-        room = kv.free_blocks + kv.cached_blocks + len(old) - int(self.min_free * kv.total_blocks)
+        room = _available(kv) + len(old) - int(self.min_free * kv.total_blocks)
         take = list(want)[: max(0, min(budget, room))]
         take_set = set(take)
         drop = [x for x in old if x not in take_set]
@@ -220,6 +228,8 @@ class PythiaCache(CachePolicy):
             self.pinned_blocks[rid] = self.pin_count(rid) + len(take)
             if not hinted:
                 self._ttl[(rid, req.job_id)] = self._gap_ttl(req.workflow_type, spans)
+            hold = self._ttl.get((rid, req.job_id), self.pin_ttl_s)
+            self._expiry[rid] = min(self._expiry.get(rid, float("inf")), now + hold)
         else:
             self._ttl.pop((rid, req.job_id), None)
         if add:
@@ -301,21 +311,32 @@ class PythiaCache(CachePolicy):
             self._hash_memo = {k: v for k, v in self._hash_memo.items() if pred.job(str(k[0])) is not None}
             self._precomputed = {k for k in self._precomputed if pred.job(k[0]) is not None}
             self._memo_cap = max(4096, 2 * len(self._hash_memo))
+        ended = pred.jobs_ended_count
+        rescan = ended != self._ended_seen
+        self._ended_seen = ended
         for rid in list(self.pins):
             jobs = self.pins[rid]
             r = live.get(rid)
-            ttl = self._ttl
-            for job_id in [j for j, (t, _) in jobs.items()
-                           if pred.job(j) is None or now - t > ttl.get((rid, j), self.pin_ttl_s)]:
-                self._unpin_job(rid, job_id, out)
+            # Only when a job ended or a pin may have outlived its hold time (the scan is
+            # per pinned job; a loaded engine ticks every step).
+            if rescan or now > self._expiry.get(rid, -1.0):
+                ttl = self._ttl
+                for job_id in [j for j, (t, _) in jobs.items()
+                               if pred.job(j) is None or now - t > ttl.get((rid, j), self.pin_ttl_s)]:
+                    self._unpin_job(rid, job_id, out)
+                self._expiry[rid] = min((t + ttl.get((rid, j), self.pin_ttl_s) for j, (t, _) in jobs.items()),
+                                        default=float("inf"))
             if r is not None:
                 kv = r.kv
                 floor = int(self.min_free * kv.total_blocks)
                 # Pressure: free + evictable below the floor; release the oldest pins first.
-                for job_id in sorted(jobs, key=lambda j: jobs[j][0]):
-                    if kv.free_blocks + kv.cached_blocks + sum(len(a.hashes) for a in out if a.replica_id == rid and a.kind == "unpin") >= floor:
-                        break
-                    self._unpin_job(rid, job_id, out)
+                avail = _available(kv) + sum(len(a.hashes) for a in out if a.replica_id == rid and a.kind == "unpin")
+                if avail < floor:
+                    for job_id in sorted(jobs, key=lambda j: jobs[j][0]):
+                        if avail >= floor:
+                            break
+                        avail += len(jobs[job_id][1])
+                        self._unpin_job(rid, job_id, out)
         if self.prefetch or self.precompute:
             out.extend(self._warm_ahead(replicas))
         return out

@@ -85,6 +85,7 @@ class PythiaPredictor(Predictor):
         super().__init__()
         self.use_hints = True
         self.block_memory = BlockMemory()
+        self.jobs_ended_count = 0  # lets policies notice ended jobs without scanning theirs
         self.role_pool: dict[tuple[str, str], str] = {}
         self.pool_idle: dict[str, float] = {}
         self.shared_keys: set[int] = set()
@@ -118,6 +119,7 @@ class PythiaPredictor(Predictor):
     def job_ended(self, job_id: str, now: float) -> None:
         super().job_ended(job_id, now)
         self.block_memory.job_ended(job_id)
+        self.jobs_ended_count += 1
 
     def prompt(self, req: RequestView) -> np.ndarray | None:
         """The call's prompt segments when the client sent them and hints are used, else ``None``."""

@@ -53,7 +53,9 @@ class KVView(Protocol):
 
     ``free_blocks`` counts blocks that hold nothing; ``cached_blocks`` counts blocks that no
     request holds but whose content is kept for prefix reuse (evictable); ``used_blocks``
-    counts blocks held by requests or pinned. ``free + cached + used == total_blocks``.
+    counts blocks held by requests or pinned. ``free + cached + used == total_blocks``. A host
+    may also offer ``available_blocks`` (free + cached) where it has that sum cheaper than the
+    parts (vLLM's pool counts its free queue; telling cached blocks apart takes a scan).
     """
 
     block_size: int

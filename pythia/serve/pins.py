@@ -244,6 +244,11 @@ class EngineKVView:
         return sum(1 for b in self.pool.blocks if b.ref_cnt == 0 and b.block_hash is not None and not b.is_null)
 
     @property
+    def available_blocks(self) -> int:
+        """Free plus evictable blocks (what an allocation can take), without scanning the pool."""
+        return int(self.pool.get_num_free_blocks())
+
+    @property
     def used_blocks(self) -> int:
         """Blocks held by requests or pins."""
         return self.total_blocks - self.pool.get_num_free_blocks()
