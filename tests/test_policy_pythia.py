@@ -167,25 +167,44 @@ def test_cold_calls_follow_only_a_cached_prefix_covering_cold_affinity_min(cache
     assert router.route(Req(1, prompt_tokens=160, block_hashes=h), [holder, empty], 0.0) == expected
 
 
-@pytest.mark.parametrize("sticky, extends, expected", [
-    (True, True, 0),    # the replica that served the agent's last call, its blocks gone from the GPU
-    (True, False, 1),   # a prompt that does not extend that call: headroom decides
-    (False, True, 1),   # the rule off: headroom decides
+@pytest.mark.parametrize("sticky, shared, expected", [
+    (True, 10, 0),   # the next prompt extends the last one, whose blocks left the GPU
+    (True, 8, 0),    # it shares most of it (the tail was rewritten): still that replica
+    (True, 2, 1),    # it shares only a short head (under cold_affinity_min): headroom decides
+    (True, 0, 1),    # it starts anew: headroom decides
+    (False, 10, 1),  # the rule off: headroom decides
 ])
-def test_cold_calls_follow_the_replica_that_served_the_conversation(sticky, extends, expected):
+def test_cold_calls_follow_the_replica_that_served_the_conversation(sticky, shared, expected):
     router = PythiaRouter(tie_band=1.0, cold_affinity_min=0.5, cold_sticky=sticky)
     router.bind(PythiaPredictor())  # cold: no bounds
     h = np.arange(1, 11, dtype=np.int64)
     first = [Rep(0), Rep(1, kv=KV(used_blocks=500, free_blocks=500))]
     assert router.route(Req(1, prompt_tokens=160, block_hashes=h), first, 0.0) == 0
     # Replica 0 has since evicted the conversation and is the busier one; the next prompt
-    # extends the first one (the same leading hashes) or starts anew.
-    nxt = np.concatenate([h if extends else h + 100, np.arange(50, 58, dtype=np.int64)])
+    # keeps the first `shared` blocks of the last one and goes on (chained hashes: once two
+    # chains differ they differ for good).
+    nxt = np.concatenate([h[:shared], np.arange(50, 50 + 14 - shared, dtype=np.int64)])
     then = [Rep(0, kv=KV(used_blocks=400, free_blocks=600)), Rep(1)]
-    assert router.route(Req(2, prompt_tokens=288, block_hashes=nxt), then, 0.0) == expected
+    assert router.route(Req(2, prompt_tokens=224, block_hashes=nxt), then, 0.0) == expected
     # Another agent of the same job has no history: headroom.
-    other = Req(3, agent_id="b", prompt_tokens=288, block_hashes=nxt)
+    other = Req(3, agent_id="b", prompt_tokens=224, block_hashes=nxt)
     assert router.route(other, then, 0.0) == 1
+
+
+@pytest.mark.parametrize("warm_sticky, expected", [(True, 0), (False, 1)])
+def test_warm_calls_follow_the_conversation_among_feasible_replicas_with_warm_sticky(warm_sticky, expected):
+    router = PythiaRouter(tie_band=1.0, cold_sticky=True, warm_sticky=warm_sticky)
+    router.bind(FixedPredictor())  # warm: every call bounded at 50 tokens
+    h = np.arange(1, 11, dtype=np.int64)
+    assert router.route(Req(1, prompt_tokens=160, block_hashes=h), [Rep(0), Rep(1, kv=KV(used_blocks=500, free_blocks=500))], 0.0) == 0
+    nxt = np.concatenate([h, np.arange(50, 58, dtype=np.int64)])
+    # Both replicas pass the capacity test; replica 0 has less headroom and its GPU no longer
+    # holds the conversation (its host tier may).
+    then = [Rep(0, running=[Req(9, prompt_tokens=4000)]), Rep(1)]
+    assert router.route(Req(2, prompt_tokens=288, block_hashes=nxt), then, 0.0) == expected
+    # A replica the capacity test refuses is never chosen for it.
+    full = Rep(0, running=[Req(9, prompt_tokens=15_900)])
+    assert router.route(Req(3, prompt_tokens=288, block_hashes=nxt), [full, Rep(1)], 0.0) == 1
 
 
 def test_the_agent_table_stays_bounded():
@@ -196,6 +215,12 @@ def test_the_agent_table_stays_bounded():
     for i in range(50):
         router.route(Req(i, job_id=f"j{i}", block_hashes=h), [Rep(0), Rep(1)], 0.0)
     assert len(router._last) <= 8 and ("j49", "a") in router._last
+    # ... and in the blocks it keeps: long prompts push the oldest agents out.
+    router.max_tracked_blocks = 100
+    for i in range(50):
+        router.route(Req(i, job_id=f"k{i}", block_hashes=np.arange(1, 31, dtype=np.int64)), [Rep(0), Rep(1)], 0.0)
+        assert router._tracked_blocks == sum(len(c) for _, c in router._last.values()) <= 100
+    assert ("k49", "a") in router._last
 
 
 def test_a_warm_type_keeps_affinity_on_any_cached_prefix():

@@ -25,7 +25,7 @@ PYTHIA_POLICIES = {
                          "demote": True, "demote_max_prob": 0.05, "offload": True, "prefetch": True,
                          "precompute": True, "precompute_min_prob": 0.5, "precompute_min_tokens": 256}),
     "router": ("pythia", {"epsilon": 0.2, "reserve": 0.05, "tie_band": 1.0, "idle_batch": 2, "cold_affinity_min": 0.5,
-               "cold_sticky": True}),
+               "cold_sticky": True, "warm_sticky": True}),
     "autoscaler": ("pythia", {"interval_s": 15.0, "horizon": 4, "target_util": 0.8, "down_delay_s": 60.0,
                               "gpu_budget": 0}),
 }

@@ -16,11 +16,12 @@ has no bound, so no capacity test to keep affinity from piling calls onto the re
 a shared prefix: a replica's headroom is then what is not allocated or queued, and its cached
 prefix counts as affinity only when it covers ``cold_affinity_min`` of the prompt (the call's
 own conversation, not only the instructions every job of its role shares). With
-``cold_sticky``, the replica that served the agent's previous call, when this prompt extends
-that call's prompt, counts as holding that prompt even where its blocks left the GPU: the
-router knows where it sent the conversation, and the blocks may sit in that replica's host
-tier (a router that keeps a tree of what it routed, as SGLang's does, follows a
-conversation whatever its cache evicted).
+``cold_sticky`` (and, for calls of warm types, ``warm_sticky``), the replica that served the
+agent's previous call counts as holding the leading blocks this prompt shares with that
+call's prompt even where they left the GPU: the router knows where it sent the
+conversation, and the blocks may sit in that replica's host tier (a router that keeps a tree
+of what it routed, as SGLang's does, follows a conversation whatever its cache evicted).
+For a warm call this acts only among the replicas the capacity test admits.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Sequence
 
+import numpy as np
+
 from pythia.errors import PythiaInputError
 from pythia.policy.base import Router
 from pythia.policy.pythia_predictor import PythiaPredictor, as_pythia
 from pythia.policy.views import ReplicaView, RequestView
 from pythia.policy.workflow import Predictor
+from pythia.workflow.blocks import common_prefix
 
 
 class PythiaRouter(Router):
@@ -49,13 +53,15 @@ class PythiaRouter(Router):
         cold_affinity_min: for a call of a cold workflow type, the share of its prompt a replica's
             cached prefix must cover to count as affinity.
         cold_sticky: for a call of a cold workflow type, the replica that served the agent's
-            previous call counts as holding that call's prompt when this prompt extends it.
+            previous call counts as holding the leading blocks this prompt shares with that call's.
+        warm_sticky: the same for a call of a warm workflow type, among the replicas its
+            capacity test admits.
     """
 
     name = "pythia"
 
     def __init__(self, epsilon: float = 0.2, reserve: float = 0.05, tie_band: float = 0.1, idle_batch: int = 2,
-                 cold_affinity_min: float = 0.0, cold_sticky: bool = False) -> None:
+                 cold_affinity_min: float = 0.0, cold_sticky: bool = False, warm_sticky: bool = False) -> None:
         if not 0.0 < epsilon <= 1.0:
             raise PythiaInputError(f"router param epsilon={epsilon!r} must be in (0, 1]")
         if not 0.0 <= reserve < 1.0:
@@ -66,16 +72,19 @@ class PythiaRouter(Router):
             raise PythiaInputError(f"router param idle_batch={idle_batch!r} must be an integer >= 0")
         if not 0.0 <= cold_affinity_min <= 1.0:
             raise PythiaInputError(f"router param cold_affinity_min={cold_affinity_min!r} must be in [0, 1]")
-        if not isinstance(cold_sticky, bool):
-            raise PythiaInputError(f"router param cold_sticky={cold_sticky!r} must be true or false")
+        for field, v in (("cold_sticky", cold_sticky), ("warm_sticky", warm_sticky)):
+            if not isinstance(v, bool):
+                raise PythiaInputError(f"router param {field}={v!r} must be true or false")
         self.cold_affinity_min = float(cold_affinity_min)
-        self.cold_sticky = cold_sticky
+        self.cold_sticky, self.warm_sticky = cold_sticky, warm_sticky
         self.epsilon, self.reserve, self.tie_band, self.idle_batch = float(epsilon), float(reserve), float(tie_band), idle_batch
         self.pred: PythiaPredictor = as_pythia(None)
-        # (job id, agent id) -> (replica id, prompt blocks, hash of the last one) of the
-        # agent's last routed call; bounded, oldest forgotten first (ended jobs go first).
-        self._last: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
+        # (job id, agent id) -> (replica id, prompt block hashes) of the agent's last routed
+        # call; bounded in agents and in blocks, ended jobs forgotten first, then the oldest.
+        self._last: OrderedDict[tuple[str, str], tuple[int, np.ndarray]] = OrderedDict()
+        self._tracked_blocks = 0
         self.max_tracked_agents = 65536
+        self.max_tracked_blocks = 1 << 21  # 16 MiB of hashes
 
     def bind(self, predictor: Predictor) -> None:
         """Receive the run's workflow service."""
@@ -132,15 +141,14 @@ class PythiaRouter(Router):
         best = max(row[2] for row in feas)
         ties = [row for row in feas if row[2] >= best - self.tie_band * row[3]]
         hashes = req.block_hashes
-        track = cold and self.cold_sticky
+        track = self.cold_sticky or self.warm_sticky
         if len(ties) == 1:
             if track:
                 self._remember(req, replicas[ties[0][0]].replica_id, hashes)
             return ties[0][0]
-        prev = self._last.get((req.job_id, req.agent_id)) if track else None
-        sticky = -1
-        if prev is not None and 0 < prev[1] <= len(hashes) and int(hashes[prev[1] - 1]) == prev[2]:
-            sticky = prev[0]  # this prompt extends the one that replica served
+        prev = self._last.get((req.job_id, req.agent_id)) if (self.cold_sticky if cold else self.warm_sticky) else None
+        # The replica that served the agent's previous call holds the blocks the two prompts share.
+        sticky, shared = (prev[0], common_prefix(hashes, prev[1])) if prev is not None else (-1, 0)
         # A call of a cold type counts a replica's cached prefix only when it covers
         # cold_affinity_min of the prompt: a short shared prefix (the role's instructions) is
         # cheap to compute again, and following it would pile every new conversation where it
@@ -152,7 +160,7 @@ class PythiaRouter(Router):
             kv = r.kv
             n = kv.cached_prefix_blocks(hashes)
             if r.replica_id == sticky:
-                n = max(n, prev[1])  # type: ignore[index]
+                n = max(n, shared)
             return (n if n * kv.block_size >= floor else 0), row[2]
 
         choice = max(ties, key=affinity)[0]
@@ -165,10 +173,15 @@ class PythiaRouter(Router):
         are dropped first, then the oldest)."""
         last = self._last
         key = (req.job_id, req.agent_id)
-        last.pop(key, None)
-        if len(last) >= self.max_tracked_agents:
+        chain = np.asarray(hashes, dtype=np.int64)
+        old = last.pop(key, None)
+        if old is not None:
+            self._tracked_blocks -= len(old[1])
+        if len(last) >= self.max_tracked_agents or self._tracked_blocks + len(chain) > self.max_tracked_blocks:
             for k in [k for k in last if self.pred.job(k[0]) is None]:
-                del last[k]
-            while len(last) >= self.max_tracked_agents:
-                last.popitem(last=False)
-        last[key] = (replica_id, len(hashes), int(hashes[-1]) if len(hashes) else 0)
+                self._tracked_blocks -= len(last.pop(k)[1])
+            while last and (len(last) >= self.max_tracked_agents
+                            or self._tracked_blocks + len(chain) > self.max_tracked_blocks):
+                self._tracked_blocks -= len(last.popitem(last=False)[1][1])
+        last[key] = (replica_id, chain)
+        self._tracked_blocks += len(chain)
