@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce test venv clean figures
+.PHONY: reproduce test venv clean figures reference
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,19 @@ reproduce: $(STAMP)
 # where missing or outdated.
 figures: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/local --forcerun figures -- figures
+
+# Replace results/reference/ with the default run's figures, the tables they are drawn from and
+# the workload table (after `make reproduce`); tests/test_reference.py redraws the captions from
+# the committed tables and checks they agree.
+REF := results/reference
+reference:
+	@test -f results/figures/index.md -a -f results/tables/summaries.parquet -a -f results/tables/jobs.parquet \
+		-a -f results/workloads/summary.md || { echo "make reference: run 'make reproduce' first (results/figures, results/tables or results/workloads/summary.md is missing)" >&2; exit 1; }
+	rm -rf $(REF)/figures $(REF)/tables
+	mkdir -p $(REF)/figures $(REF)/tables
+	cp results/figures/*.png results/figures/*.pdf results/figures/index.md $(REF)/figures/
+	cp results/tables/summaries.parquet results/tables/jobs.parquet $(REF)/tables/
+	cp results/workloads/summary.md $(REF)/workloads-summary.md
 
 test: $(STAMP) $(VLLM_STAMP) $(RAY_STAMP) $(ROUTER_STAMP)
 	$(BIN)/python -m pytest -q
