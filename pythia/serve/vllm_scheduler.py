@@ -426,10 +426,14 @@ class _PythiaAdapter:
                 self._event({"event": "admit", "request_id": nr.req_id, "step": st.steps,
                              "agent_role": v.agent_role if v else None})
         if not self._action_free:
+            # A call's blocks are named in the hash index when it is admitted (its prompt) and
+            # when it finishes (all of them), not at every step: while it runs, its blocks are
+            # held by it and cannot be evicted, and no client can send a prompt that extends
+            # output it has not received yet.
             views = self._views
-            for r in self.running:  # type: ignore[attr-defined]
-                v = views.get(r.request_id)
-                if v is not None and len(r.block_hashes) > v.indexed:
+            for nr in out.scheduled_new_reqs:
+                v = views.get(nr.req_id)
+                if v is not None:
                     self._index(v)
             self._apply(self._call_hook(hooks.cache.on_tick, [self._replica_view], now))
         if self._predictor is not None:
