@@ -50,6 +50,7 @@ class KV:
     used_blocks: int = 0
     host_blocks: int = 0
     resident: set[int] = field(default_factory=set)
+    host_capacity_blocks: int = 1000
 
     def cached_prefix_blocks(self, hashes: np.ndarray) -> int:
         n = 0
@@ -189,6 +190,16 @@ def test_cold_calls_follow_the_replica_that_served_the_conversation(sticky, shar
     # Another agent of the same job has no history: headroom.
     other = Req(3, agent_id="b", prompt_tokens=224, block_hashes=nxt)
     assert router.route(other, then, 0.0) == 1
+
+
+def test_a_replica_without_a_host_tier_gets_no_credit_for_blocks_its_gpu_lost():
+    router = PythiaRouter(tie_band=1.0, cold_affinity_min=0.5, cold_sticky=True, warm_sticky=True)
+    router.bind(PythiaPredictor())
+    h = np.arange(1, 11, dtype=np.int64)
+    assert router.route(Req(1, prompt_tokens=160, block_hashes=h), [Rep(0), Rep(1, kv=KV(used_blocks=500, free_blocks=500))], 0.0) == 0
+    nxt = np.concatenate([h, np.arange(50, 54, dtype=np.int64)])
+    no_tier = [Rep(0, kv=KV(used_blocks=400, free_blocks=600, host_capacity_blocks=0)), Rep(1)]
+    assert router.route(Req(2, prompt_tokens=224, block_hashes=nxt), no_tier, 0.0) == 1
 
 
 @pytest.mark.parametrize("warm_sticky, expected", [(True, 0), (False, 1)])

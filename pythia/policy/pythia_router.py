@@ -21,7 +21,9 @@ agent's previous call counts as holding the leading blocks this prompt shares wi
 call's prompt even where they left the GPU: the router knows where it sent the
 conversation, and the blocks may sit in that replica's host tier (a router that keeps a tree
 of what it routed, as SGLang's does, follows a conversation whatever its cache evicted).
-For a warm call this acts only among the replicas the capacity test admits.
+For a warm call this acts only among the replicas the capacity test admits; a replica
+without a host tier (``KVView.host_capacity_blocks`` absent or 0) gets no such credit, since
+what its GPU no longer holds is gone.
 """
 
 from __future__ import annotations
@@ -147,8 +149,13 @@ class PythiaRouter(Router):
                 self._remember(req, replicas[ties[0][0]].replica_id, hashes)
             return ties[0][0]
         prev = self._last.get((req.job_id, req.agent_id)) if (self.cold_sticky if cold else self.warm_sticky) else None
-        # The replica that served the agent's previous call holds the blocks the two prompts share.
-        sticky, shared = (prev[0], common_prefix(hashes, prev[1])) if prev is not None else (-1, 0)
+        # The replica that served the agent's previous call holds the blocks the two prompts
+        # share, in its host tier where they left the GPU; without a host tier the GPU view
+        # is all it holds, and cache affinity already counts that.
+        sticky, shared = -1, 0
+        if prev is not None and any(r.replica_id == prev[0] and getattr(r.kv, "host_capacity_blocks", 0) > 0
+                                    for r in replicas):
+            sticky, shared = prev[0], common_prefix(hashes, prev[1])
         # A call of a cold type counts a replica's cached prefix only when it covers
         # cold_affinity_min of the prompt: a short shared prefix (the role's instructions) is
         # cheap to compute again, and following it would pile every new conversation where it

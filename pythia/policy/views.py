@@ -55,7 +55,8 @@ class KVView(Protocol):
     request holds but whose content is kept for prefix reuse (evictable); ``used_blocks``
     counts blocks held by requests or pinned. ``free + cached + used == total_blocks``. A host
     may also offer ``available_blocks`` (free + cached) where it has that sum cheaper than the
-    parts (vLLM's pool counts its free queue; telling cached blocks apart takes a scan).
+    parts (vLLM's pool counts its free queue; telling cached blocks apart takes a scan), and
+    ``host_capacity_blocks`` (the size of a host-DRAM tier behind the GPU pool; absent: none).
     """
 
     block_size: int

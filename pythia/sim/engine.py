@@ -61,12 +61,13 @@ class ReplicaKV:
     a fast-forward run at the current time, so it is the one stepping would give; sizes
     never change and are read directly."""
 
-    __slots__ = ("_rep", "block_size", "total_blocks")
+    __slots__ = ("_rep", "block_size", "total_blocks", "host_capacity_blocks")
 
     def __init__(self, rep: "Replica") -> None:
         self._rep = rep
         self.block_size = rep.kv_pool.block_size
         self.total_blocks = rep.kv_pool.total_blocks
+        self.host_capacity_blocks = rep.kv_pool.host_cap
 
     def _pool(self) -> KVCache | ExtentKVCache:
         self._rep.sync()
