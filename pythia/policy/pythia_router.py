@@ -143,7 +143,9 @@ class PythiaRouter(Router):
         best = max(row[2] for row in feas)
         ties = [row for row in feas if row[2] >= best - self.tie_band * row[3]]
         hashes = req.block_hashes
-        track = self.cold_sticky or self.warm_sticky
+        # Where no replica has a host tier the credit never applies: nothing to remember.
+        track = (self.cold_sticky or self.warm_sticky) and any(
+            getattr(r.kv, "host_capacity_blocks", 0) > 0 for r in replicas)
         if len(ties) == 1:
             if track:
                 self._remember(req, replicas[ties[0][0]].replica_id, hashes)
