@@ -57,10 +57,17 @@ def make_scheduler(
     max_num_batched_tokens: int = 256,
     enable_prefix_caching: bool = True,
     pythia: dict[str, Any] | None = None,
+    cpu_tier_chunks: int | None = None,
+    cpu_tier_policy: str | None = None,
 ) -> Any:
-    """A real vLLM scheduler of class ``cls`` over a KV pool of ``num_blocks`` blocks."""
+    """A real vLLM scheduler of class ``cls`` over a KV pool of ``num_blocks`` blocks.
+
+    With ``cpu_tier_chunks``, vLLM's ``OffloadingConnector`` (scheduler side) backs the pool
+    with a CPU tier of that many blocks, under ``cpu_tier_policy`` (vLLM's ``lru`` by default,
+    or Pythia's ``PythiaHostCachePolicy``); :func:`run_step` completes its transfers at once.
+    """
     import torch
-    from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
+    from vllm.config import CacheConfig, DeviceConfig, KVTransferConfig, ModelConfig, SchedulerConfig, VllmConfig
     from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
     from vllm.v1.structured_output import StructuredOutputManager
 
@@ -73,11 +80,19 @@ def make_scheduler(
         enable_chunked_prefill=True,
     )
     cache_config = CacheConfig(block_size=block_size, cache_dtype="auto", enable_prefix_caching=enable_prefix_caching)
+    kv_transfer = None
+    if cpu_tier_chunks is not None:
+        from pythia.serve.engines import host_tier_extra_config as connector_extra_config
+
+        # One block of the spec below: K and V, block_size tokens, 1 head of 64 float32 values.
+        extra = connector_extra_config(cpu_tier_chunks * 2 * block_size * 64 * 4, cpu_tier_policy or "lru")
+        kv_transfer = KVTransferConfig(kv_connector="OffloadingConnector", kv_role="kv_both", kv_connector_extra_config=extra)
     vllm_config = VllmConfig(
         scheduler_config=scheduler_config,
         model_config=model_config,
         cache_config=cache_config,
         device_config=DeviceConfig("cpu"),
+        kv_transfer_config=kv_transfer,
         additional_config={"pythia": pythia} if pythia is not None else {},
     )
     kv_cache_config = KVCacheConfig(
@@ -164,8 +179,10 @@ def run_step(sched: Any) -> Step:
         req = sched.requests[rid]
         sampled.append([SAMPLED_TOKEN] if req.num_computed_tokens >= req.num_tokens else [])
     before = set(sched.requests)
-    if ids:
-        mro = ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled)
+    kv_out = _transfers_done(out.kv_connector_metadata)
+    if ids or kv_out is not None:
+        mro = ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled,
+                                kv_connector_output=kv_out)
         sched.update_from_output(out, mro)
     return Step(
         new=[r.req_id for r in out.scheduled_new_reqs],
@@ -176,11 +193,23 @@ def run_step(sched: Any) -> Step:
     )
 
 
+def _transfers_done(meta: Any) -> Any:
+    """A worker stand-in for vLLM's OffloadingConnector: every load and store of the step completes at once."""
+    if meta is None or not hasattr(meta, "store_jobs"):
+        return None
+    from vllm.distributed.kv_transfer.kv_connector.v1.offloading.common import OffloadingWorkerMetadata
+    from vllm.v1.outputs import KVConnectorOutput
+
+    done = {jid: 1 for jid in (*meta.load_jobs, *meta.store_jobs)}
+    loaded = {job.req_id for job in meta.load_jobs.values()}
+    return KVConnectorOutput(finished_recving=loaded or None, kv_connector_worker_meta=OffloadingWorkerMetadata(completed_jobs=done))
+
+
 def drive(sched: Any, max_steps: int = 2000, on_step: Callable[[Step], None] | None = None) -> list[Step]:
     """Step until no request is left; fails past ``max_steps`` (a bug, not a slow test)."""
     steps: list[Step] = []
     for _ in range(max_steps):
-        if not sched.has_requests():
+        if not sched.has_requests():  # vLLM's: also while the connector has transfers to report
             return steps
         st = run_step(sched)
         steps.append(st)

@@ -31,6 +31,25 @@ PLUGIN_SCHEDULER_SYNC = "pythia.serve.vllm_scheduler.PythiaSyncScheduler"
 PLUGIN_SCHEDULER_OLD = "pythia.serve.vllm_scheduler.PythiaScheduler"  # the old name, an alias that still loads
 CPU_BLOCK_MULTIPLE = 32
 
+# Pythia's eviction policy for vLLM's CPU KV tier, loaded by vLLM's OffloadingConnector by name.
+HOST_TIER_POLICY = "PythiaHostCachePolicy"
+HOST_TIER_MODULE = "pythia.serve.host_tier"
+
+
+def host_tier_extra_config(cpu_bytes: int, policy: str = HOST_TIER_POLICY) -> dict[str, Any]:
+    """``kv_connector_extra_config`` of vLLM's ``OffloadingConnector`` with a CPU tier of ``cpu_bytes``.
+
+    ``policy`` is Pythia's (default; :mod:`pythia.serve.host_tier`) or one of vLLM's (``lru``,
+    ``arc``). Output blocks are offloaded too (``offload_prompt_only: false``; vLLM's default
+    offloads only the prompt): an agent's next prompt extends its previous prompt and output,
+    so the output blocks are what a conversation needs after its tool call.
+    """
+    out: dict[str, Any] = {"cpu_bytes_to_use": int(cpu_bytes), "eviction_policy": policy, "offload_prompt_only": False}
+    if policy == HOST_TIER_POLICY:
+        out["cache_policy_module_path"] = HOST_TIER_MODULE
+    return out
+
+
 # Defaults of the fields a system may set (vLLM V1 names), written once: in EngineFlags.
 DEFAULT_FLAGS: dict[str, Any] = asdict(EngineFlags())
 
@@ -202,7 +221,12 @@ def build_launch(
             "--gpu-memory-utilization", str(f["gpu_memory_utilization"]),
             "--tensor-parallel-size", str(tensor_parallel_size),
         ]
-        if f["host_kv_gib"]:
+        if f["host_kv_gib"] and plugin:
+            # vLLM's OffloadingConnector with Pythia's policy on its CPU tier (pythia.serve.host_tier).
+            kv = {"kv_connector": "OffloadingConnector", "kv_role": "kv_both",
+                  "kv_connector_extra_config": host_tier_extra_config(int(float(f["host_kv_gib"]) * (1 << 30)))}
+            argv += ["--kv-transfer-config", json.dumps(kv, sort_keys=True)]
+        elif f["host_kv_gib"]:
             argv += ["--kv-offloading-size", str(f["host_kv_gib"]), "--kv-offloading-backend", "native"]
     else:
         # vLLM's CPU platform sizes its KV pool from this variable (GiB), not from a memory share.

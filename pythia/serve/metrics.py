@@ -122,6 +122,14 @@ class _Families:
             "learned_instruction_blocks", "KV blocks of the learned role instructions, summed over roles.")
         self.learned_conversations = gauge(
             "learned_conversations", "Agent conversations of live jobs followed by block hashes.")
+        self.host_tier_retained = gauge(
+            "host_tier_retained_blocks", "Blocks Pythia retains in vLLM's CPU KV tier (PythiaHostCachePolicy).")
+        self.host_tier_held = gauge(
+            "host_tier_held_chunks", "Retained chunks resident in vLLM's CPU KV tier and evictable (evicted last).")
+        self.host_tier_blocks = Counter(
+            PREFIX + "host_tier_blocks", "Retention in vLLM's CPU KV tier, by action: retain (blocks Pythia's offload "
+            "and prefetch actions asked to keep), release (job ended or bound reached), retained_evicted (retained "
+            "chunks evicted because nothing else could go).", (*LABELS, "action"), registry=reg)
         self.policy_step = Histogram(
             PREFIX + "policy_step_seconds", "Time per engine step spent in the plugin outside vLLM's own schedule(): "
             "queue refresh, victim choice, cache hooks and their actions, workflow-service checks.",
@@ -159,6 +167,9 @@ _MIRRORED: tuple[tuple[str, str | None, str, str], ...] = (
     ("cache_actions", "unsupported", "pins", "unsupported_actions"),
     ("pins_released_under_pressure", None, "pins", "released_under_pressure"),
     ("learned_calls", None, "learned", "observed_calls"),
+    ("host_tier_blocks", "retain", "host", "retain_requests"),
+    ("host_tier_blocks", "release", "host", "released"),
+    ("host_tier_blocks", "retained_evicted", "host", "retained_evicted"),
 )
 
 
@@ -195,6 +206,8 @@ class PluginMetrics:
         self._budget = fam.pin_budget_blocks.labels(*labels)
         self._usage = fam.pin_budget_usage.labels(*labels)
         self._policy_step = fam.policy_step.labels(*labels)
+        self._host_gauges = ((fam.host_tier_retained.labels(*labels), "retained"), (fam.host_tier_held.labels(*labels), "held"))
+        self.host: Any = None  # a PythiaHostCachePolicy whose counters are mirrored (set by the plugin)
         self._learned_gauges = ((fam.learned_roles.labels(*labels), "roles_with_instructions"),
                                 (fam.learned_instruction_blocks.labels(*labels), "instruction_blocks"),
                                 (fam.learned_conversations.labels(*labels), "conversations"))
@@ -239,7 +252,8 @@ class PluginMetrics:
         (:meth:`pythia.policy.block_memory.BlockMemory.describe`), when it keeps them.
         """
         facts = learned() if learned is not None else {}
-        sources = {"stats": stats, "pins": pins}
+        host = self.host
+        sources = {"stats": stats, "pins": pins, "host": host.host_stats if host is not None else None}
         for m in self._mirrors:
             if m.source == "learned":
                 v = int(facts.get(m.attr, m.last))
@@ -247,7 +261,10 @@ class PluginMetrics:
                     m.child.inc(v - m.last)
                 m.last = v
                 continue
-            v = int(getattr(sources[m.source], m.attr))
+            src = sources[m.source]
+            if src is None:
+                continue
+            v = int(getattr(src, m.attr))
             if v != m.last:
                 if v > m.last:
                     m.child.inc(v - m.last)
@@ -260,6 +277,9 @@ class PluginMetrics:
         for child, key in self._learned_gauges:
             if key in facts:
                 child.set(facts[key])
+        if host is not None:
+            for child, attr in self._host_gauges:
+                child.set(getattr(host, attr))
 
     def idle(self, stats: Any, pins: Any, pinned_blocks: int, budget_blocks: int,
              learned: Callable[[], Mapping[str, int]] | None = None) -> None:

@@ -232,6 +232,8 @@ class EngineKVView:
         self.total_blocks = int(block_pool.num_gpu_blocks) - 1  # the null block is never usable
         self.index = index
         self.pinner = pinner
+        # The size of vLLM's CPU KV tier behind the pool in blocks (set by the plugin; 0: none).
+        self.host_capacity_blocks = 0
 
     @property
     def free_blocks(self) -> int:

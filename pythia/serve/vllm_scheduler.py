@@ -30,6 +30,7 @@ Configuration comes from vLLM's ``--additional-config '{"pythia": {...}}'`` (see
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -55,6 +56,9 @@ from pythia.serve.adapter import (
     parse_extra_args,
     uses_default_victim,
 )
+from pythia.serve.host_tier import MODULE_PATH as HOST_POLICY_MODULE
+from pythia.serve.host_tier import POLICY_NAME as HOST_POLICY_NAME
+from pythia.serve.host_tier import PythiaHostCachePolicy, find_host_tier
 from pythia.serve.metrics import PluginMetrics, count_pinned_hits
 from pythia.serve.pins import BlockPinner, EngineKVView, EngineReplicaView, HashIndex
 from pythia.sim.costmodel import BatchShape
@@ -91,6 +95,8 @@ class PluginConfig:
             annotation), ``admit`` (admission order) and ``finish`` (preemptions) (``None``: off).
         stats_interval_s: how often the stats file is rewritten.
         pool: the model pool name reported to cache hooks.
+        host_retain_fraction: most of vLLM's CPU KV tier (fraction of its chunks) that Pythia's
+            retention may hold, when the tier runs :class:`pythia.serve.host_tier.PythiaHostCachePolicy`.
         step_log_path: a JSON Lines file of the engine's own step times (``None``: off): one
             line per step with its start and end (``time.monotonic()``, comparable across
             processes of one host) and the batch's shape in the cost model's terms (sequences,
@@ -107,11 +113,16 @@ class PluginConfig:
     stats_interval_s: float = 1.0
     pool: str = "default"
     step_log_path: str | None = None
+    host_retain_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pin_budget_fraction < 1.0:
             raise PythiaInputError(
                 f"plugin setting pin_budget_fraction={self.pin_budget_fraction} must be in [0, 1)"
+            )
+        if not 0.0 <= self.host_retain_fraction <= 1.0:
+            raise PythiaInputError(
+                f"plugin setting host_retain_fraction={self.host_retain_fraction} must be in [0, 1]"
             )
         if self.job_idle_timeout_s < 0:
             raise PythiaInputError(f"plugin setting job_idle_timeout_s={self.job_idle_timeout_s} must be >= 0")
@@ -246,6 +257,7 @@ class _PythiaAdapter:
         self.pythia_pinner = BlockPinner(pool, groups, budget)
         self._hash_index = HashIndex(4 * pool.num_gpu_blocks)
         self._kv_view = EngineKVView(pool, self.block_size, self._hash_index, self.pythia_pinner)  # type: ignore[attr-defined]
+        self.pythia_host = self._attach_host_tier(groups)
         self._replica_view = EngineReplicaView(self, self._kv_view, self.pythia_config.pool, self._views)
         inner.attach(self._replica_view)  # queues that read the cache (prefix matching) see this engine's pool
         self._predictor = self.pythia_hooks.predictor
@@ -263,14 +275,17 @@ class _PythiaAdapter:
         vc = self.vllm_config  # type: ignore[attr-defined]
         self.pythia_metrics = PluginMetrics(vc.model_config.served_model_name, vc.parallel_config.data_parallel_rank,
                                             self.pythia_config.stats_interval_s)
+        self.pythia_metrics.host = self.pythia_host
         logger.info("Pythia metrics (pythia:*): %s", self.pythia_metrics.describe())
-        unsupported = unsupported_cache_actions(cache)
+        unsupported = unsupported_cache_actions(cache, host_tier=self.pythia_host is not None)
         if unsupported:
+            carried = "pin, unpin and demote on vLLM's block pool" + (
+                "; offload and prefetch as retention in vLLM's CPU tier" if self.pythia_host is not None else "")
             logger.info(
                 "Pythia: the cache policy %r asks for %s, which this vLLM host does not carry out "
-                "(only pin, unpin and demote on vLLM's block pool); those actions are skipped and counted "
+                "(it carries out %s); those actions are skipped and counted "
                 "as pythia:cache_actions_total{action=\"unsupported\"}",
-                getattr(cache, "name", type(cache).__name__), ", ".join(unsupported),
+                getattr(cache, "name", type(cache).__name__), ", ".join(unsupported), carried,
             )
         logger.info(
             "Pythia scheduler plugin %s: hooks=%s, pin budget %d blocks of %d, base %s",
@@ -344,7 +359,8 @@ class _PythiaAdapter:
             self._call_finished(view, time.time())
         if view is not None and not self._action_free:
             self._index(view)
-            self._apply(self._call_hook(self.pythia_hooks.cache.on_finish, view, self._replica_view, time.time()))
+            self._apply(self._call_hook(self.pythia_hooks.cache.on_finish, view, self._replica_view, time.time()),
+                        owner=view.job_id if view.annotated else None)
         return result
 
     def _call_finished(self, view: EngineRequestView, now: float) -> None:
@@ -358,7 +374,7 @@ class _PythiaAdapter:
         if view.last_call and live[0] <= 0:
             del self._jobs_live[view.job_id]
             self.pythia_stats.jobs_ended_last_call += 1
-            self._call_hook(self._predictor.job_ended, view.job_id, now)
+            self._job_ended(view.job_id, now)
 
     def _end_idle_jobs(self, now: float) -> None:
         """Report jobs with no call in the engine for ``job_idle_timeout_s`` as ended (checked about once a second)."""
@@ -370,7 +386,13 @@ class _PythiaAdapter:
         for job_id in ended:
             del self._jobs_live[job_id]
             self.pythia_stats.jobs_ended_idle += 1
-            self._call_hook(self._predictor.job_ended, job_id, now)
+            self._job_ended(job_id, now)
+
+    def _job_ended(self, job_id: str, now: float) -> None:
+        """Tell the workflow service; what the CPU tier kept for the job may go."""
+        self._call_hook(self._predictor.job_ended, job_id, now)
+        if self.pythia_host is not None:
+            self.pythia_host.release_owner(job_id)
 
     def _index(self, view: EngineRequestView) -> None:
         """Pair the view's block names with the engine's hashes of the blocks hashed since last time."""
@@ -550,6 +572,31 @@ class _PythiaAdapter:
 
     # ------------------------------------------------------------------ cache actions
 
+    def _attach_host_tier(self, groups: list[int]) -> PythiaHostCachePolicy | None:
+        """Find vLLM's CPU KV tier behind this scheduler's connector; Pythia's retention runs where its policy does."""
+        manager, policy = find_host_tier(getattr(self, "connector", None))
+        if manager is None:
+            return None
+        blocks_per_chunk = 1
+        with contextlib.suppress(AttributeError, IndexError, TypeError):
+            blocks_per_chunk = int(self.connector.connector_scheduler.config.kv_group_configs[0].hashes_per_chunk)  # type: ignore[attr-defined]
+        self._kv_view.host_capacity_blocks = int(policy.cache_capacity) * blocks_per_chunk
+        if not isinstance(policy, PythiaHostCachePolicy):
+            logger.info(
+                "Pythia: vLLM's CPU KV tier (%d chunks) runs its own %s policy, so Pythia does not steer it; "
+                "for Pythia's retention there, add \"eviction_policy\": \"%s\", \"cache_policy_module_path\": "
+                "\"%s\" to kv_connector_extra_config",
+                policy.cache_capacity, type(policy).__name__, HOST_POLICY_NAME, HOST_POLICY_MODULE,
+            )
+            return None
+        policy.configure(groups, self.pythia_config.host_retain_fraction)
+        logger.info(
+            "Pythia: steering vLLM's CPU KV tier (%d chunks of %d block(s)): chunks of the blocks Pythia offloads "
+            "or prefetches are evicted last, at most %d retained",
+            policy.cache_capacity, blocks_per_chunk, policy.max_retained,
+        )
+        return policy
+
     def pin_prefix(self, hashes: Iterable[Any]) -> int:
         """Pin cached blocks by engine hash (bytes); returns how many were pinned."""
         return self.pythia_pinner.pin(hashes)
@@ -558,9 +605,10 @@ class _PythiaAdapter:
         """Unpin blocks by engine hash; returns how many were pinned."""
         return self.pythia_pinner.unpin(hashes)
 
-    def _apply(self, actions: Any) -> None:
+    def _apply(self, actions: Any, owner: Any = None) -> None:
         if not actions:
             return
+        host = self.pythia_host
         pinner = self.pythia_pinner
         index = self._hash_index
         for a in actions:
@@ -576,6 +624,12 @@ class _PythiaAdapter:
             hashes = [h for h in (index.get(int(x)) for x in getattr(a, "hashes", ())) if h is not None]
             if kind == "demote":
                 pinner.demote(hashes)
+            elif host is not None and kind in ("offload", "prefetch"):
+                # The connector stores every computed block and loads a resident prefix when its
+                # call is scheduled; what Pythia decides is what the tier keeps until then. Not
+                # for a job that has just ended (its last call's finish ends it before this).
+                if owner is None or self._predictor is None or owner in self._jobs_live:
+                    host.retain(hashes, owner)
             else:
                 pinner.stats.unsupported_actions += 1
                 if kind not in _UNSUPPORTED_KINDS_LOGGED:
@@ -608,6 +662,7 @@ class _PythiaAdapter:
             **asdict(self.pythia_stats),
             **self.pythia_pinner.stats.as_dict(),
             "learned": self._learned() if self._learned is not None else {},
+            "host_tier": self._host_tier_stats(),
             "pinned_blocks": self.pythia_pinner.pinned_blocks,
             "max_pinned_blocks": self.pythia_pinner.max_pinned_blocks,
             "pin_budget_blocks": self.pythia_pinner.budget_blocks,
@@ -617,6 +672,13 @@ class _PythiaAdapter:
             "num_waiting": len(self.waiting),  # type: ignore[attr-defined]
             "time": time.time(),
         }
+
+    def _host_tier_stats(self) -> dict[str, Any]:
+        host = self.pythia_host
+        if host is None:
+            return {"capacity_blocks": self._kv_view.host_capacity_blocks, "steered": False}
+        return {"capacity_blocks": self._kv_view.host_capacity_blocks, "steered": True, "retained": host.retained,
+                "held": host.held, "max_retained": host.max_retained, **host.host_stats.as_dict()}
 
     def write_stats(self) -> None:
         """Rewrite the stats file atomically."""
@@ -633,9 +695,14 @@ class _PythiaAdapter:
         self._events.write(json.dumps(obj, separators=(",", ":"), default=str) + "\n")
 
 
-def unsupported_cache_actions(cache: Any) -> list[str]:
-    """The cache actions the policy has switched on that the vLLM host cannot carry out."""
-    return [kind for kind in ("offload", "prefetch", "precompute") if getattr(cache, kind, False) is True]
+def unsupported_cache_actions(cache: Any, host_tier: bool = False) -> list[str]:
+    """The cache actions the policy has switched on that the vLLM host cannot carry out.
+
+    With Pythia's policy on vLLM's CPU tier (``host_tier``), ``offload`` and ``prefetch`` are
+    carried out as retention there; ``precompute`` never is.
+    """
+    kinds = ("precompute",) if host_tier else ("offload", "prefetch", "precompute")
+    return [kind for kind in kinds if getattr(cache, kind, False) is True]
 
 
 def _open_events(path: str | None) -> Any:
