@@ -167,6 +167,9 @@ _MIRRORED: tuple[tuple[str, str | None, str, str], ...] = (
     ("cache_actions", "unsupported", "pins", "unsupported_actions"),
     ("pins_released_under_pressure", None, "pins", "released_under_pressure"),
     ("learned_calls", None, "learned", "observed_calls"),
+)
+# The same for the retention in vLLM's CPU tier: series only where the plugin steers one.
+_MIRRORED_HOST: tuple[tuple[str, str | None, str, str], ...] = (
     ("host_tier_blocks", "retain", "host", "retain_requests"),
     ("host_tier_blocks", "release", "host", "released"),
     ("host_tier_blocks", "retained_evicted", "host", "retained_evicted"),
@@ -198,6 +201,7 @@ class PluginMetrics:
             raise ValueError(f"metrics route {self.route!r} is unknown; choose one of {', '.join(ROUTES)}")
         fam = self.families = _families()
         labels = (str(model_name), str(engine))
+        self._labels = labels
         self._mirrors = [
             _Mirror(getattr(fam, name).labels(*labels, *(() if extra is None else (extra,))), source, attr)
             for name, extra, source, attr in _MIRRORED
@@ -206,8 +210,8 @@ class PluginMetrics:
         self._budget = fam.pin_budget_blocks.labels(*labels)
         self._usage = fam.pin_budget_usage.labels(*labels)
         self._policy_step = fam.policy_step.labels(*labels)
-        self._host_gauges = ((fam.host_tier_retained.labels(*labels), "retained"), (fam.host_tier_held.labels(*labels), "held"))
-        self.host: Any = None  # a PythiaHostCachePolicy whose counters are mirrored (set by the plugin)
+        self._host_gauges: tuple[tuple[Any, str], ...] = ()
+        self.host: Any = None  # a PythiaHostCachePolicy whose counters are mirrored (attach_host)
         self._learned_gauges = ((fam.learned_roles.labels(*labels), "roles_with_instructions"),
                                 (fam.learned_instruction_blocks.labels(*labels), "instruction_blocks"),
                                 (fam.learned_conversations.labels(*labels), "conversations"))
@@ -221,6 +225,14 @@ class PluginMetrics:
             parent = multiprocessing.parent_process()
             self._path = relay_dir(parent.pid if parent is not None and parent.pid else os.getppid()) / f"engine-{os.getpid()}.json"
             self.snapshot()  # the series are on /metrics from the start, at zero
+
+    def attach_host(self, host: Any) -> None:
+        """Mirror the retention counters of ``host`` (a :class:`pythia.serve.host_tier.PythiaHostCachePolicy`)."""
+        fam, labels = self.families, self._labels
+        self.host = host
+        self._host_gauges = ((fam.host_tier_retained.labels(*labels), "retained"), (fam.host_tier_held.labels(*labels), "held"))
+        self._mirrors += [_Mirror(getattr(fam, name).labels(*labels, extra), source, attr)
+                          for name, extra, source, attr in _MIRRORED_HOST]
 
     def describe(self) -> str:
         """One line: where the metrics appear."""
@@ -261,10 +273,7 @@ class PluginMetrics:
                     m.child.inc(v - m.last)
                 m.last = v
                 continue
-            src = sources[m.source]
-            if src is None:
-                continue
-            v = int(getattr(src, m.attr))
+            v = int(getattr(sources[m.source], m.attr))
             if v != m.last:
                 if v > m.last:
                     m.child.inc(v - m.last)

@@ -275,7 +275,8 @@ class _PythiaAdapter:
         vc = self.vllm_config  # type: ignore[attr-defined]
         self.pythia_metrics = PluginMetrics(vc.model_config.served_model_name, vc.parallel_config.data_parallel_rank,
                                             self.pythia_config.stats_interval_s)
-        self.pythia_metrics.host = self.pythia_host
+        if self.pythia_host is not None:
+            self.pythia_metrics.attach_host(self.pythia_host)
         logger.info("Pythia metrics (pythia:*): %s", self.pythia_metrics.describe())
         unsupported = unsupported_cache_actions(cache, host_tier=self.pythia_host is not None)
         if unsupported:
