@@ -91,14 +91,14 @@ class BenchConfig:
     """
 
     jobs: int = 6
-    concurrency: int = 2
+    concurrency: int = 1
     workers: int = 3
     tool_calls: int = 4
     max_tokens: int = 16
     result_lines: int = 4
     context_lines: int = 25
     seed: int = 0
-    num_blocks: int = 1024
+    num_blocks: int = 768
     max_model_len: int = 2048
     flood_rate: float = 32.0
     flood_tokens: int = 1024

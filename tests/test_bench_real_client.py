@@ -109,7 +109,7 @@ def test_ratios_are_stock_over_plugin() -> None:
 def test_report_states_the_command_regime_and_ratios() -> None:
     md = bench.render_md(fixed_result())
     assert "`python benchmarks/bench_real_client.py --quick`" in md
-    assert "1024 blocks x 32 tokens = 32768 tokens" in md and "flood 32 requests/s x 1024 random tokens" in md
+    assert "768 blocks x 32 tokens = 24576 tokens" in md and "flood 32 requests/s x 1024 random tokens" in md
     assert "tool results of 2-4 lines, 25 lines of source given to each worker" in md
     rows = [ln for ln in md.splitlines() if ln.startswith("| stock") or ln.startswith("| Pythia")]
     assert len(rows) == 2 and "0.500" in rows[0] and "0.600" in rows[1]
