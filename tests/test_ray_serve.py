@@ -86,6 +86,40 @@ def test_views_from_routing_stats() -> None:
     assert r.pending_prefill_tokens == 128  # the waiting call's prompt and the routed one's
 
 
+def test_a_replicas_cpu_kv_tier_reaches_the_routers_view() -> None:
+    from pythia.serve.ray_host.engine_metrics import parse_engine_metrics
+
+    text = ('# TYPE pythia:host_tier_capacity_blocks gauge\n'
+            'pythia:host_tier_capacity_blocks{engine="0",model_name="m"} 4096.0\n'
+            '# TYPE vllm:num_requests_running gauge\n'
+            'vllm:num_requests_running{engine="0",model_name="m"} 2.0\n')
+    assert parse_engine_metrics(text) == {"host_capacity_blocks": 4096.0, "num_running": 2.0}
+    assert "host_capacity_blocks" not in parse_engine_metrics(text.split("# TYPE vllm")[0].replace("pythia:", "other:"))
+    with_tier = StatsReplica({**stats(0), "host_capacity_blocks": 4096})
+    assert with_tier.kv.host_capacity_blocks == 4096
+    assert StatsReplica(stats(1)).kv.host_capacity_blocks == 0  # what a replica without a tier reports
+
+
+@pytest.mark.parametrize("tier", [0, 4096])
+def test_the_pythia_router_follows_a_conversation_only_to_a_replica_with_a_cpu_tier(tier: int) -> None:
+    st = _state("pythia")
+    xargs = {**XARGS, "pythia.workflow_type": "my-app", "pythia.agent_id": "w0"}  # no spec: cold
+    key = stable_key("t", "conversation")
+    first = parse_call({"prompt": [1] * 4 * BLOCK, "vllm_xargs": {**xargs, "pythia_hint.prompt": [key, 0, 4 * BLOCK]}},
+                       {}, BLOCK).record
+    st.call_issued(first)
+    home = st.route(first, [{**stats(0, usage=0.5), "host_capacity_blocks": tier}, {**stats(1), "host_capacity_blocks": tier}])
+    assert home == 1
+    st.call_finished(first["request_id"], 8, ok=True, replica_id=1)
+    # The agent's next call extends the first prompt; the replicas publish no hashes of it
+    # (their estimate lost it), and replica 1 now has less room.
+    nxt = parse_call({"prompt": [1] * 6 * BLOCK, "vllm_xargs": {**xargs, "pythia_hint.prompt": [key, 0, 6 * BLOCK]}},
+                     {}, BLOCK).record
+    st.call_issued(nxt)
+    pick = st.route(nxt, [{**stats(0), "host_capacity_blocks": tier}, {**stats(1, usage=0.3), "host_capacity_blocks": tier}])
+    assert pick == (1 if tier else 0)
+
+
 def _state(router: str, autoscaler: str = "none") -> WorkflowState:
     return WorkflowState("pythia", {"small": (1, 3, "tiny"), "large": (1, 1, "tiny")}, router=router,
                          autoscaler=autoscaler, clock=iter(np.arange(0.0, 1e6, 0.5)).__next__)

@@ -282,6 +282,8 @@ def _assert_host_series(sched: Any) -> None:
                for fam in text_string_to_metric_families(text) for s in fam.samples}
     assert samples[("pythia:host_tier_blocks_total", "retain")] > 0
     assert samples[("pythia:host_tier_retained_blocks", None)] == sched.pythia_host.retained > 0
+    # what the Ray Serve host's replicas read as the engine's host tier
+    assert samples[("pythia:host_tier_capacity_blocks", None)] == sched.stats_dict()["host_tier"]["capacity_blocks"]
 
 
 def test_a_jobs_retention_ends_with_the_job(model_dir: Path) -> None:

@@ -122,6 +122,9 @@ class _Families:
             "learned_instruction_blocks", "KV blocks of the learned role instructions, summed over roles.")
         self.learned_conversations = gauge(
             "learned_conversations", "Agent conversations of live jobs followed by block hashes.")
+        self.host_tier_capacity = gauge(
+            "host_tier_capacity_blocks", "Size of vLLM's CPU KV tier behind this engine (OffloadingConnector), in KV "
+            "blocks; absent without one. Routers read it as the replica's host tier.")
         self.host_tier_retained = gauge(
             "host_tier_retained_blocks", "Blocks Pythia retains in vLLM's CPU KV tier (PythiaHostCachePolicy).")
         self.host_tier_held = gauge(
@@ -225,6 +228,10 @@ class PluginMetrics:
             parent = multiprocessing.parent_process()
             self._path = relay_dir(parent.pid if parent is not None and parent.pid else os.getppid()) / f"engine-{os.getpid()}.json"
             self.snapshot()  # the series are on /metrics from the start, at zero
+
+    def set_host_capacity(self, blocks: int) -> None:
+        """Publish the size of the engine's CPU KV tier (blocks); only called where there is one."""
+        self.families.host_tier_capacity.labels(*self._labels).set(int(blocks))
 
     def attach_host(self, host: Any) -> None:
         """Mirror the retention counters of ``host`` (a :class:`pythia.serve.host_tier.PythiaHostCachePolicy`)."""

@@ -275,6 +275,8 @@ class _PythiaAdapter:
         vc = self.vllm_config  # type: ignore[attr-defined]
         self.pythia_metrics = PluginMetrics(vc.model_config.served_model_name, vc.parallel_config.data_parallel_rank,
                                             self.pythia_config.stats_interval_s)
+        if self._kv_view.host_capacity_blocks > 0:
+            self.pythia_metrics.set_host_capacity(self._kv_view.host_capacity_blocks)
         if self.pythia_host is not None:
             self.pythia_metrics.attach_host(self.pythia_host)
         logger.info("Pythia metrics (pythia:*): %s", self.pythia_metrics.describe())

@@ -2,7 +2,8 @@
 
 What a replica publishes about its engine for routing and scaling: calls running and waiting,
 KV usage and capacity (``vllm:cache_config_info`` carries ``num_gpu_blocks`` and
-``block_size`` as labels), and the counters a run's tables record. vLLM 0.32 names
+``block_size`` as labels), the size of a CPU KV tier where the Pythia plugin reports one,
+and the counters a run's tables record. vLLM 0.32 names
 (``vllm/v1/metrics/loggers.py``); counters carry the ``_total`` suffix on their samples.
 """
 
@@ -24,6 +25,8 @@ GAUGES: dict[str, tuple[str, str]] = {
     "requests_finished": ("vllm:request_success_total", "sum"),
     "prompt_tokens": ("vllm:prompt_tokens_total", "sum"),
     "generation_tokens": ("vllm:generation_tokens_total", "sum"),
+    # The Pythia plugin's: the CPU KV tier behind the engine (absent without one).
+    "host_capacity_blocks": ("pythia:host_tier_capacity_blocks", "max"),
 }
 
 

@@ -216,7 +216,8 @@ class EngineReplica:
             kv_usage=float(e.get("kv_usage", 0.0)), total_blocks=int(e.get("total_blocks", 0)),
             block_size=int(e.get("block_size", DEFAULT_BLOCK_SIZE)), cached_hashes=recent,
             running=list(self.inflight.values()), t=time.time(), engine_pid=self.server.proc.pid if self.server.proc else None,
-            engine_url=self.launch.base_url, calls_served=self.calls_served, **counters,
+            engine_url=self.launch.base_url, calls_served=self.calls_served,
+            host_capacity_blocks=int(e.get("host_capacity_blocks", 0)), **counters,
         )
 
     async def record_routing_stats(self) -> dict[str, Any]:

@@ -175,14 +175,16 @@ class StatsKV:
     ``used_blocks`` is the engine's reported usage; blocks not used count as free, except
     those the host saw filled with a prefix that was not evicted since (``cached_hashes``,
     the replica's estimate of vLLM's LRU prefix cache), which count as cached.
+    ``host_capacity_blocks`` is the CPU KV tier the replica's engine reports (0: none).
     """
 
-    __slots__ = ("block_size", "total_blocks", "_used", "_cached", "_prefix_for")
+    __slots__ = ("block_size", "total_blocks", "host_capacity_blocks", "_used", "_cached", "_prefix_for")
 
     def __init__(self, stats: Mapping[str, Any], prefix_for: tuple[np.ndarray, int] | None = None,
                  cached_set: frozenset[int] | None = None) -> None:
         self.block_size = int(stats["block_size"])
         self.total_blocks = int(stats["total_blocks"])
+        self.host_capacity_blocks = int(stats.get("host_capacity_blocks") or 0)
         self._used = min(self.total_blocks, int(round(float(stats["kv_usage"]) * self.total_blocks)))
         if cached_set is not None:  # the caller's set of the same stats (built once per report)
             self._cached = cached_set
