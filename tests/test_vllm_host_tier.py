@@ -32,7 +32,7 @@ from vllm.v1.kv_offload.cpu.policies.lru import LRUCachePolicy  # noqa: E402
 from pythia.serve.host_tier import PythiaHostCachePolicy, find_host_tier  # noqa: E402
 from pythia.serve.tiny_model import make_tiny_model  # noqa: E402
 from pythia.serve.vllm_scheduler import PythiaSyncScheduler, unsupported_cache_actions  # noqa: E402
-from vllm_support import drive, make_request, make_scheduler, run_step, tokens  # noqa: E402
+from vllm_support import computed_at_admission, drive, flood, make_request, make_scheduler, tokens  # noqa: E402
 
 BLOCK = 16
 WTYPE = "my-app"
@@ -205,23 +205,6 @@ def _sched(model_dir: Path, cls: type, policy: str, chunks: int = 40, **pythia: 
                           cpu_tier_chunks=chunks, cpu_tier_policy=policy, **kw)
 
 
-def _flood(sched: Any, n: int = 12) -> None:
-    for i in range(n):
-        sched.add_request(make_request(f"flood{i}", tokens(100 + i, 10 * BLOCK), 8))  # unannotated, 10 blocks each
-    drive(sched, max_steps=3000)
-
-
-def _computed_at_admission(sched: Any, req: Any) -> int:
-    """Tokens the engine did not compute for ``req``: GPU prefix hits plus blocks loaded from the CPU tier."""
-    sched.add_request(req)
-    for _ in range(100):
-        st = run_step(sched)
-        if req.request_id in st.new_computed:
-            drive(sched, max_steps=300)
-            return st.new_computed[req.request_id]
-    raise AssertionError("the call was never admitted")
-
-
 def _conversation(model_dir: Path, sched: Any, release_gpu_pins: bool) -> tuple[int, int]:
     """An agent's call, a flood, then its next call: (the conversation's tokens, tokens not recomputed)."""
     first = make_request("w0-a", tokens(31, 4 * BLOCK) + tokens(40, 40), 20, _ids("job-1"))
@@ -231,10 +214,10 @@ def _conversation(model_dir: Path, sched: Any, release_gpu_pins: bool) -> tuple[
     if release_gpu_pins:
         # The GPU pins end (their hold ran out, or the engine preempted): only the CPU tier can keep it.
         sched.pythia_pinner.release_all()
-    _flood(sched)
+    flood(sched)
     nxt = make_request("w0-b", list(first.prompt_token_ids) + list(first.output_token_ids) + tokens(41, 30), 4,
                        _ids("job-1"))
-    return conversation, _computed_at_admission(sched, nxt)
+    return conversation, computed_at_admission(sched, nxt)
 
 
 def test_the_connector_restores_a_flooded_prefix_identically_with_and_without_the_plugin(model_dir: Path) -> None:
@@ -246,8 +229,8 @@ def test_the_connector_restores_a_flooded_prefix_identically_with_and_without_th
         first = make_request("a", prompt, 4)
         sched.add_request(first)
         drive(sched)
-        _flood(sched)
-        out[cls.__name__] = _computed_at_admission(sched, make_request("b", prompt, 4))
+        flood(sched)
+        out[cls.__name__] = computed_at_admission(sched, make_request("b", prompt, 4))
     assert out["Scheduler"] == out["PythiaSyncScheduler"] == 6 * BLOCK - 1  # vLLM recomputes the last token
 
 

@@ -16,7 +16,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (make test installs vl
 
 from pythia.serve.tiny_model import make_tiny_model  # noqa: E402
 from pythia.serve.vllm_scheduler import PythiaSyncScheduler  # noqa: E402
-from vllm_support import drive, make_request, make_scheduler, run_step, tokens  # noqa: E402
+from vllm_support import computed_at_admission, drive, flood, make_request, make_scheduler, tokens  # noqa: E402
 
 BLOCK = 16
 WTYPE = "my-app"  # a type with no spec in workloads/: the workflow service starts cold
@@ -41,22 +41,6 @@ def _scheduler(model_dir: Path, system: str) -> Any:
                           pythia={"hooks": f"system:{system}", "job_idle_timeout_s": 0})
 
 
-def _flood(sched: Any, n: int = 12) -> None:
-    for i in range(n):
-        sched.add_request(make_request(f"flood{i}", tokens(100 + i, 10 * BLOCK), 8))  # unannotated
-    drive(sched, max_steps=3000)
-
-
-def _hit(sched: Any, req: Any) -> int:
-    sched.add_request(req)
-    for _ in range(50):
-        st = run_step(sched)
-        if req.request_id in st.new_computed:
-            drive(sched, max_steps=200)
-            return st.new_computed[req.request_id]
-    raise AssertionError("the call was never admitted")
-
-
 @pytest.mark.parametrize("system", ["vllm", "pythia"])
 def test_a_conversation_survives_a_flood_only_when_the_plugin_follows_it(model_dir: Path, system: str) -> None:
     sched = _scheduler(model_dir, system)
@@ -64,12 +48,12 @@ def test_a_conversation_survives_a_flood_only_when_the_plugin_follows_it(model_d
     sched.add_request(first)
     drive(sched, max_steps=200)
     conversation = (first.num_prompt_tokens + first.num_output_tokens) // BLOCK  # prompt + output blocks
-    _flood(sched)
+    flood(sched)
     assert sched.stats_dict()["preemptions"] == 0
     # The agent's next call, after its tool returned: its conversation, then the tool's result.
     nxt = make_request("w0-b", list(first.prompt_token_ids) + list(first.output_token_ids) + tokens(41, 30), 4,
                        _ids("job-1", agent="w0"))
-    hit = _hit(sched, nxt)
+    hit = computed_at_admission(sched, nxt)
     if system == "pythia":
         learned = sched.stats_dict()["learned"]
         assert learned["observed_calls"] >= 1 and learned["conversations"] == 1

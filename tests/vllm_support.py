@@ -218,6 +218,25 @@ def drive(sched: Any, max_steps: int = 2000, on_step: Callable[[Step], None] | N
     raise AssertionError(f"the scheduler still had requests after {max_steps} steps")
 
 
+def flood(sched: Any, n: int = 12, blocks: int = 10, block_size: int = 16) -> None:
+    """``n`` unannotated calls of ``blocks`` fresh blocks each, driven to the end: they push idle prefixes out."""
+    for i in range(n):
+        sched.add_request(make_request(f"flood{i}", tokens(100 + i, blocks * block_size), 8, block_size=block_size))
+    drive(sched, max_steps=3000)
+
+
+def computed_at_admission(sched: Any, req: Any, max_steps: int = 100) -> int:
+    """Add ``req`` and drive: the tokens the engine did not compute for it (prefix hits, and blocks a
+    KV connector loaded), as ``num_computed_tokens`` when it was first scheduled."""
+    sched.add_request(req)
+    for _ in range(max_steps):
+        st = run_step(sched)
+        if req.request_id in st.new_computed:
+            drive(sched, max_steps=300)
+            return st.new_computed[req.request_id]
+    raise AssertionError("the call was never admitted")
+
+
 # --------------------------------------------------------------------------- example policies
 # Small policies written as a score, to exercise the host's queue, refresh and victim paths
 # with orders a test controls. Pythia's and the baselines' policies live in pythia.policy.
