@@ -267,6 +267,27 @@ async def drive(app_mod: ModuleType, base_url: str, model: str, cfg: BenchConfig
     return report, await flood_task
 
 
+def resumed_ceiling(calls: list[dict[str, Any]], block_size: int = BLOCK_SIZE) -> float | None:
+    """The hit rate resumed calls would have if every one found its agent's previous prompt and output cached.
+
+    Per resumed call, the whole blocks of the same agent's previous call (prompt plus completion
+    tokens), at most its own prompt: the next prompt extends them, so no cache can give more,
+    but for the chat template and the output's tokenization as text (a ceiling estimate).
+    """
+    prev: dict[tuple[str, str], dict[str, Any]] = {}
+    kept = total = 0
+    for c in sorted(calls, key=lambda c: (str(c.get("workflow_id", c["job"])), str(c["agent_id"]), int(c["turn"]))):
+        key = (str(c.get("workflow_id", c["job"])), str(c["agent_id"]))
+        p = prev.get(key)
+        if c["after_tool"]:
+            total += int(c["prompt_tokens"] or 0)
+            if p is not None:  # no previous call seen (it failed): nothing to keep
+                before = int(p["prompt_tokens"] or 0) + int(p.get("completion_tokens") or 0)
+                kept += min(int(c["prompt_tokens"] or 0), before // block_size * block_size)
+        prev[key] = c
+    return kept / total if total else None
+
+
 def resumed_figures(report: dict[str, Any]) -> dict[str, Any]:
     """Hit rate and TTFT of the calls that resume a conversation after a tool call, and the jobs' JCT."""
     ok = [c for c in report["calls"] if c["error"] is None]
@@ -284,6 +305,7 @@ def resumed_figures(report: dict[str, Any]) -> dict[str, Any]:
         "resumed_prompt_tokens": prompt, "resumed_cached_tokens": cached if has_cached else None,
         "resumed_hit_rate": (cached / prompt if prompt else None) if has_cached else None,
         "resumed_hit_rate_source": "usage.prompt_tokens_details.cached_tokens" if has_cached else None,
+        "resumed_hit_rate_ceiling": resumed_ceiling(ok),
         "app_hit_rate": (sum(c["cached_tokens"] or 0 for c in ok) / all_prompt) if has_cached and all_prompt else None,
         "resumed_mean_ttft_s": statistics.fmean(ttft) if ttft else None,
         "resumed_p50_ttft_s": statistics.median(ttft) if ttft else None,
@@ -367,6 +389,7 @@ def ratios(res: dict[str, Any]) -> None:
 
     res["resumed_hit_rate_stock"] = s.get("resumed_hit_rate")
     res["resumed_hit_rate_plugin"] = p.get("resumed_hit_rate")
+    res["resumed_hit_rate_ceiling"] = p.get("resumed_hit_rate_ceiling", s.get("resumed_hit_rate_ceiling"))
     res["resumed_ttft_ratio"] = over(s.get("resumed_mean_ttft_s"), p.get("resumed_mean_ttft_s"))
     res["jct_ratio"] = over(s.get("mean_jct_s"), p.get("mean_jct_s"))
 
@@ -416,7 +439,9 @@ def render_md(res: dict[str, Any]) -> str:
             f"{_f(e.get('prefix_hit_rate'))} | {e.get('preemptions', 0):.0f} |")
     lines += [
         "",
-        f"- resumed hit rate, stock: {_f(res.get('resumed_hit_rate_stock'))}; plugin: {_f(res.get('resumed_hit_rate_plugin'))}",
+        f"- resumed hit rate, stock: {_f(res.get('resumed_hit_rate_stock'))}; plugin: {_f(res.get('resumed_hit_rate_plugin'))}; "
+        f"ceiling (every agent's previous prompt and output found cached, in whole blocks): "
+        f"{_f(res.get('resumed_hit_rate_ceiling'))}",
         f"- resumed TTFT ratio (stock mean / plugin mean): {_f(res.get('resumed_ttft_ratio'), '{:.2f}')}",
         f"- JCT ratio (stock mean / plugin mean): {_f(res.get('jct_ratio'), '{:.2f}')}",
         "",

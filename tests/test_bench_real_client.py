@@ -28,8 +28,9 @@ spec.loader.exec_module(bench)
 
 
 def call(job: int, agent: str, turn: int, after_tool: bool, prompt: int, cached: int | None, ttft: float) -> dict[str, Any]:
-    return {"job": job, "agent_id": agent, "turn": turn, "after_tool": after_tool, "prompt_tokens": prompt,
-            "cached_tokens": cached, "ttft_s": ttft, "latency_s": ttft + 0.1, "error": None}
+    return {"job": job, "workflow_id": f"job-{job}", "agent_id": agent, "turn": turn, "after_tool": after_tool,
+            "prompt_tokens": prompt, "completion_tokens": 16, "cached_tokens": cached, "ttft_s": ttft,
+            "latency_s": ttft + 0.1, "error": None}
 
 
 def app_report(cached: int | None) -> dict[str, Any]:
@@ -93,6 +94,9 @@ def test_resumed_figures_count_only_calls_after_a_tool() -> None:
     assert math.isclose(fig["resumed_hit_rate"], 400 / 800)
     assert math.isclose(fig["resumed_mean_ttft_s"], 0.03) and fig["mean_jct_s"] == 3.0
     assert fig["resumed_hit_rate_source"].startswith("usage")
+    # The ceiling: worker/0's previous prompt and output (400 + 16 tokens, 13 whole blocks of 32);
+    # worker/1's turn 1 has no earlier call in the report, so nothing of it can be kept.
+    assert math.isclose(fig["resumed_hit_rate_ceiling"], 416 / 800)
     # Without cached tokens in the usage block there is no per-call figure (the run falls back to the engine's).
     assert bench.resumed_figures(app_report(cached=None))["resumed_hit_rate"] is None
 
