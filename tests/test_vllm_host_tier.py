@@ -291,6 +291,11 @@ def test_find_host_tier_and_the_actions_carried_out(model_dir: Path) -> None:
     sched = _sched(model_dir, Scheduler, "PythiaHostCachePolicy")
     manager, policy = find_host_tier(sched.connector)
     assert manager is not None and isinstance(policy, PythiaHostCachePolicy)
+    # inside vLLM's MultiConnector (its sub-connectors are in ``_connectors``), after another one
+    from types import SimpleNamespace
+
+    multi = SimpleNamespace(_connectors=[SimpleNamespace(connector_scheduler=None), sched.connector])
+    assert find_host_tier(multi) == (manager, policy)
 
     class Cache:
         offload = prefetch = precompute = True
