@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from vllm.v1.kv_offload.base import OffloadKey, make_offload_key
 from vllm.v1.kv_offload.cpu.policies.base import ChunkStatus
@@ -96,21 +96,25 @@ class PythiaHostCachePolicy(LRUCachePolicy):
         """Whether Pythia asked to keep this key."""
         return key in self._retained
 
+    def _keys(self, block_hashes: Iterable[bytes]) -> Iterator[OffloadKey]:
+        """The tier's keys of engine block hashes: one per KV cache group."""
+        for h in block_hashes:
+            for g in self.groups:
+                yield make_offload_key(bytes(h), g)
+
     def retain(self, block_hashes: Iterable[bytes], owner: Any = None) -> int:
         """Keep the chunks of these engine block hashes (each KV group); returns how many keys were retained."""
         n = 0
-        for h in block_hashes:
-            for g in self.groups:
-                key = make_offload_key(bytes(h), g)
-                prev = self._retained.pop(key, _ABSENT)  # re-inserted: the newest retained
-                if prev is not _ABSENT:
-                    self._disown(key, prev)
-                self._retained[key] = owner
-                self._owned.setdefault(owner, set()).add(key)
-                if key in self._evictable:
-                    self._evictable.discard(key)  # its heap entry turns stale
-                    self._held[key] = None
-                n += 1
+        for key in self._keys(block_hashes):
+            prev = self._retained.pop(key, _ABSENT)  # re-inserted: the newest retained
+            if prev is not _ABSENT:
+                self._disown(key, prev)
+            self._retained[key] = owner
+            self._owned.setdefault(owner, set()).add(key)
+            if key in self._evictable:
+                self._evictable.discard(key)  # its heap entry turns stale
+                self._held[key] = None
+            n += 1
         self.host_stats.retain_requests += n
         while len(self._retained) > self.max_retained:
             key, owner_ = self._retained.popitem(last=False)
@@ -131,15 +135,13 @@ class PythiaHostCachePolicy(LRUCachePolicy):
     def release(self, block_hashes: Iterable[bytes]) -> int:
         """Release the keys of these block hashes, whoever retained them; returns how many."""
         n = 0
-        for h in block_hashes:
-            for g in self.groups:
-                key = make_offload_key(bytes(h), g)
-                owner = self._retained.pop(key, _ABSENT)
-                if owner is _ABSENT:
-                    continue
-                self._disown(key, owner)
-                self._unhold(key)
-                n += 1
+        for key in self._keys(block_hashes):
+            owner = self._retained.pop(key, _ABSENT)
+            if owner is _ABSENT:
+                continue
+            self._disown(key, owner)
+            self._unhold(key)
+            n += 1
         self.host_stats.released += n
         return n
 
